@@ -1,0 +1,122 @@
+"""The ``adstats`` command. Subcommands import their layer lazily, so ``adstats stack status``
+does not pay for starting pyspark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from adstats.config import settings
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from adstats.stack import manager
+
+    cfg = settings()
+    if args.action == "up":
+        began = time.monotonic()
+        manager.up(cfg, timeout=args.timeout)
+        if not args.no_db_init:
+            from serving_layer.schema import init_db
+
+            init_db(cfg)
+        print(f"stack up in {time.monotonic() - began:.1f} s — Kafka {cfg.kafka_bootstrap}, "
+              f"Cassandra 127.0.0.1:{cfg.cassandra_port}; state in {cfg.state_dir}")
+    elif args.action == "down":
+        manager.down(cfg)
+    elif args.action == "status":
+        rows = manager.status(cfg)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_table(rows, ["service", "pid", "address", "state", "log"])
+        return 0 if all(r["state"] == "up" for r in rows) else 3
+    elif args.action == "logs":
+        if not args.service:
+            raise SystemExit("adstats stack logs: name a service (kafka or cassandra)")
+        manager.logs(cfg, args.service, args.lines, args.follow)
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from serving_layer.schema import init_db
+
+    init_db(settings())
+    return 0
+
+
+def _cmd_jars(args: argparse.Namespace) -> int:
+    from adstats.stack import jars
+
+    cfg = settings()
+    for component in args.components or jars.COMPONENTS:
+        print(f"{component}: {jars.resolve(cfg, component)}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from utils import generate_sample_data
+
+    return generate_sample_data.main(args.rest)
+
+
+def _print_table(rows: list[dict[str, str]], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adstats", description="Ad efficiency statistics on a lambda architecture."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack = sub.add_parser("stack", help="local Kafka + Cassandra: up | down | status | logs")
+    stack.add_argument("action", choices=["up", "down", "status", "logs"])
+    stack.add_argument("service", nargs="?", help="for logs: kafka or cassandra")
+    stack.add_argument("-n", "--lines", type=int, default=50, help="logs: lines to show")
+    stack.add_argument("-f", "--follow", action="store_true", help="logs: keep following")
+    stack.add_argument("--timeout", type=float, default=180, help="up: seconds per service")
+    stack.add_argument("--no-db-init", action="store_true", help="up: skip `adstats db init`")
+    stack.add_argument("--json", action="store_true", help="status: print JSON")
+    stack.set_defaults(func=_cmd_stack)
+
+    db = sub.add_parser("db", help="Cassandra schema and roles")
+    db.add_argument("action", choices=["init"])
+    db.set_defaults(func=_cmd_db)
+
+    jar = sub.add_parser("jars", help="resolve the Maven jars into the cache (done on demand)")
+    jar.add_argument("components", nargs="*", choices=["kafka", "cassandra", "spark-kafka", []])
+    jar.set_defaults(func=_cmd_jars)
+
+    gen = sub.add_parser(
+        "generate", add_help=False,
+        help="generate hourly sample CSV files (utils/generate_sample_data.py; -h for options)",
+    )
+    gen.add_argument("rest", nargs=argparse.REMAINDER)
+    gen.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for users; tracebacks with ADSTATS_DEBUG
+        import os
+
+        if os.environ.get("ADSTATS_DEBUG"):
+            raise
+        print(f"adstats {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The one Spark session builder every job uses.
+
+The Kafka connector jars are resolved by Maven into the cache (like the servers) and handed to
+``spark.jars``, so nothing is downloaded at run time. ``ADSTATS_SPARK_MASTER`` points the same
+code at a cluster; extra settings come from ``ADSTATS_SPARK_CONF`` (``key=value,key=value``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from adstats.config import Settings, settings
+from adstats.stack import jars
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def spark_conf(cfg: Settings, app_name: str) -> dict[str, str]:
+    """The session settings, separate from building so they can be inspected and tested."""
+    conf = {
+        "spark.app.name": app_name,
+        "spark.master": cfg.spark_master,
+        "spark.jars": ",".join(str(p) for p in jars.jar_list(cfg, "spark-kafka")),
+        "spark.driver.memory": cfg.spark_driver_memory,
+        # Stats are defined on UTC hours and days whatever the machine's zone.
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": os.environ.get("ADSTATS_SPARK_SHUFFLE_PARTITIONS", "8"),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.ui.enabled": os.environ.get("ADSTATS_SPARK_UI", "false"),
+        "spark.ui.showConsoleProgress": "false",
+    }
+    if cfg.spark_master.startswith("local"):
+        # Local mode: keep the driver on loopback.
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    for item in filter(None, os.environ.get("ADSTATS_SPARK_CONF", "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"ADSTATS_SPARK_CONF item {item!r} is not key=value")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+def spark_session(app_name: str = "adstats", cfg: Settings | None = None) -> SparkSession:
+    """Get (or create) the process's Spark session with the adstats settings."""
+    from pyspark.sql import SparkSession
+
+    cfg = cfg or settings()
+    # Executors run the same interpreter as the driver (the project's venv).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if cfg.spark_master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder
+    for key, value in spark_conf(cfg, app_name).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("ADSTATS_SPARK_LOG_LEVEL", "WARN"))
+    return session

@@ -1,0 +1,1 @@
+"""Serving layer: Cassandra schema, batch/realtime views and the merged query API."""

@@ -1,0 +1,1 @@
+"""Small command-line utilities for adstats (sample-data generation, ...)."""
