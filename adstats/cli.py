@@ -62,6 +62,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return generate_sample_data.main(args.rest)
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from batch_layer.ingest import ingest, report_json
+
+    report = ingest(args.paths)
+    print(report_json(report) if args.json else report.summary())
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from batch_layer.jobs import parse_date, parse_hour, plan_range, run_batch
+
+    if args.action == "hourly":
+        if not args.hour:
+            raise SystemExit("adstats batch hourly: --hour is required (e.g. 2026-01-01T13)")
+        hours, days = [parse_hour(args.hour)], []
+    elif args.action == "daily":
+        if not args.date:
+            raise SystemExit("adstats batch daily: --date is required (e.g. 2026-01-01)")
+        hours, days = [], [parse_date(args.date)]
+    else:
+        if not (args.start and args.end):
+            raise SystemExit("adstats batch range: --from and --to are required")
+        hours, days = plan_range(parse_hour(args.start), parse_hour(args.end))
+    report = run_batch(hours, days)
+    print(report.summary())
+    return 0
+
+
 def _print_table(rows: list[dict[str, str]], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
@@ -93,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     jar = sub.add_parser("jars", help="resolve the Maven jars into the cache (done on demand)")
     jar.add_argument("components", nargs="*", choices=["kafka", "cassandra", "spark-kafka", []])
     jar.set_defaults(func=_cmd_jars)
+
+    ing = sub.add_parser("ingest", help="load landing CSV files into the master dataset")
+    ing.add_argument("paths", nargs="+", metavar="PATH", help="CSV files or folders of them")
+    ing.add_argument("--json", action="store_true", help="print the report as JSON")
+    ing.set_defaults(func=_cmd_ingest)
+
+    batch = sub.add_parser(
+        "batch", help="exact stats from the master dataset into the batch views",
+        description="hourly --hour H | daily --date D | range --from H --to H (hours in "
+        "[from, to) and every day they touch; for backfills). Hours are UTC, e.g. 2026-01-01T13.",
+    )
+    batch.add_argument("action", choices=["hourly", "daily", "range"])
+    batch.add_argument("--hour", help="hourly: the UTC hour, e.g. 2026-01-01T13")
+    batch.add_argument("--date", help="daily: the UTC date, e.g. 2026-01-01")
+    batch.add_argument("--from", dest="start", help="range: first hour (inclusive)")
+    batch.add_argument("--to", dest="end", help="range: end hour (exclusive)")
+    batch.set_defaults(func=_cmd_batch)
 
     gen = sub.add_parser(
         "generate", add_help=False,

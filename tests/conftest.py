@@ -8,18 +8,33 @@ jar cache (``ADSTATS_HOME``) is shared with normal use so Maven resolves only on
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+
+def _port(preferred: int) -> str:
+    """``preferred`` if it is free on loopback, else any free port (a second test session or
+    a developer's stack may hold it)."""
+    for candidate in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return str(sock.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
 # Test ports, so a developer's own stack on the default ports can keep running.
 _TEST_ENV = {
-    "ADSTATS_KAFKA_PORT": "19092",
-    "ADSTATS_KAFKA_CONTROLLER_PORT": "19093",
-    "ADSTATS_CASSANDRA_PORT": "19042",
-    "ADSTATS_CASSANDRA_STORAGE_PORT": "17000",
+    "ADSTATS_KAFKA_PORT": _port(19092),
+    "ADSTATS_KAFKA_CONTROLLER_PORT": _port(19093),
+    "ADSTATS_CASSANDRA_PORT": _port(19042),
+    "ADSTATS_CASSANDRA_STORAGE_PORT": _port(17000),
     "ADSTATS_KEYSPACE": "adstats_test",
     "ADSTATS_SPARK_MASTER": "local[2]",
     "ADSTATS_SPARK_SHUFFLE_PARTITIONS": "4",

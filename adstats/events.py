@@ -1,0 +1,126 @@
+"""The event contract (see README "The event contract"), defined once.
+
+Both doors into the platform validate with the rules here: landing CSV files (batch ingest) and
+Kafka JSON messages (speed layer) with the Spark column expressions, the file replayer
+(``adstats produce``) with the plain-Python twin :func:`rejection_reason_py`. A test checks that
+the two agree on every kind of bad input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column
+
+EVENT_ID = "event_id"
+ID_FIELDS: tuple[str, ...] = ("banner_id", "placement_id", "page_id", "user_id")
+# CSV column order of the original generator; files may also carry event_id (first).
+CSV_FIELDS: tuple[str, ...] = ("timestamp", "event_type", *ID_FIELDS)
+FIELDS: tuple[str, ...] = (EVENT_ID, *CSV_FIELDS)
+
+VIEW, CLICK = 0, 1
+# Timestamps outside [2000-01-01, 2100-01-01) UTC are rejected as absurd (ms instead of s, 0).
+MIN_TIMESTAMP = 946_684_800
+MAX_TIMESTAMP = 4_102_444_800
+_INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+INTEGER_PATTERN = _INTEGER.pattern
+
+
+def rejection_reason_py(record: Mapping[str, object], require_event_id: bool = True) -> str | None:
+    """Why ``record`` (raw values, as read from CSV or JSON) breaks the contract, or None."""
+    fields = FIELDS if require_event_id else CSV_FIELDS
+    for name in fields:
+        if record.get(name) is None:
+            return f"missing {name}"
+    for name in (EVENT_ID, *ID_FIELDS) if require_event_id else ID_FIELDS:
+        value = record[name]
+        if not isinstance(value, str) or value.strip() == "":
+            return f"empty {name}" if isinstance(value, str) else f"{name} is not a string"
+    ts = record["timestamp"]
+    if isinstance(ts, bool) or not (
+        isinstance(ts, int) or (isinstance(ts, str) and _INTEGER.match(ts.strip()))
+    ):
+        return "non-integer timestamp"
+    if not MIN_TIMESTAMP <= int(ts) < MAX_TIMESTAMP:
+        return "timestamp out of range"
+    et = record["event_type"]
+    if isinstance(et, bool) or str(et).strip() not in ("0", "1"):
+        return "event_type not 0/1"
+    return None
+
+
+def rejection_reason(columns: Mapping[str, Column], require_event_id: bool = True) -> Column:
+    """Spark twin of :func:`rejection_reason_py` over string columns: a reason string or null."""
+    from pyspark.sql import functions as F
+
+    fields = FIELDS if require_event_id else CSV_FIELDS
+    ids = (EVENT_ID, *ID_FIELDS) if require_event_id else ID_FIELDS
+    ts = F.trim(columns["timestamp"])
+    checks = [(columns[name].isNull(), f"missing {name}") for name in fields]
+    checks += [(F.trim(columns[name]) == "", f"empty {name}") for name in ids]
+    checks += [
+        (~ts.rlike(INTEGER_PATTERN), "non-integer timestamp"),
+        (~ts.cast("long").between(MIN_TIMESTAMP, MAX_TIMESTAMP - 1), "timestamp out of range"),
+        (~F.trim(columns["event_type"]).isin("0", "1"), "event_type not 0/1"),
+    ]
+    reason = F.lit(None).cast("string")
+    for condition, text in reversed(checks):  # first failing check wins, as in the Python twin
+        reason = F.when(condition, F.lit(text)).otherwise(reason)
+    return reason
+
+
+def typed_event_columns(columns: Mapping[str, Column]) -> list[Column]:
+    """Valid raw string columns → the typed event (timestamp long, event_type int, ids)."""
+    from pyspark.sql import functions as F
+
+    return [
+        columns[EVENT_ID].alias(EVENT_ID),
+        F.trim(columns["timestamp"]).cast("long").alias("timestamp"),
+        F.trim(columns["event_type"]).cast("int").alias("event_type"),
+        *(columns[name].alias(name) for name in ID_FIELDS),
+    ]
+
+
+def event_schema():
+    """Spark schema of a typed event, as stored in the master dataset."""
+    from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+
+    return StructType([
+        StructField(EVENT_ID, StringType(), False),
+        StructField("timestamp", LongType(), False),
+        StructField("event_type", IntegerType(), False),
+        *(StructField(name, StringType(), False) for name in ID_FIELDS),
+    ])
+
+
+def to_json_record(record: Mapping[str, object]) -> dict[str, object]:
+    """A valid raw record → the Kafka JSON object (integers as JSON numbers)."""
+    out: dict[str, object] = {EVENT_ID: str(record[EVENT_ID])}
+    out["timestamp"] = int(str(record["timestamp"]).strip())
+    out["event_type"] = int(str(record["event_type"]).strip())
+    for name in ID_FIELDS:
+        out[name] = record[name]
+    return out
+
+
+def derived_event_id_py(file_name: str, raw: Mapping[str, object], occurrence: int) -> str:
+    """Deterministic id for a CSV row without ``event_id``: file, row content, and which
+    occurrence of that exact row in the file it is (identical rows stay distinct events).
+    Same formula as :func:`derived_event_id`, so both doors give one event the same id."""
+    import hashlib
+
+    parts = [file_name, *(str(raw[name]) for name in CSV_FIELDS), str(occurrence)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def derived_event_id(
+    file_name: Column, columns: Mapping[str, Column], occurrence: Column
+) -> Column:
+    """Spark twin of :func:`derived_event_id_py`."""
+    from pyspark.sql import functions as F
+
+    parts = [file_name, *(columns[name] for name in CSV_FIELDS), occurrence.cast("string")]
+    return F.substring(F.sha2(F.concat_ws("|", *parts), 256), 1, 32)

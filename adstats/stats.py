@@ -1,0 +1,170 @@
+"""The stats, defined once: dimensions, granularities and metrics as Spark column expressions.
+
+The batch layer (exact, ``exact_stats``) and the speed layer (fresh, ``approximate_stats``) both
+build their aggregations from the pieces here; they differ only in where events come from, how
+distinct users are counted (exact count vs HLL estimate) and where rows go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from adstats.events import CLICK, VIEW
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+# dimension name -> event field holding its id
+DIMENSIONS: dict[str, str] = {"placement": "placement_id", "page": "page_id", "banner": "banner_id"}
+GRANULARITY_SECONDS: dict[str, int] = {"hour": 3600, "day": 86400}
+GRANULARITIES: tuple[str, ...] = tuple(GRANULARITY_SECONDS)
+HLL_LG_K = 12  # ~1.6 % relative standard error; 4 KiB sketches (HLL_8)
+# Output columns of every stats row, batch or speed.
+KEY_COLUMNS: tuple[str, ...] = ("dimension", "dim_id", "granularity", "period_start")
+METRIC_COLUMNS: tuple[str, ...] = ("views", "clicks", "distinct_users", "users_sketch")
+
+
+@dataclass(frozen=True)
+class CountMetric:
+    """An additive metric: counted from events, summed when partial rows are merged."""
+
+    name: str
+    count: Callable[[], Column]
+
+    def merge(self) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.sum(self.name).alias(self.name)
+
+
+def _count_event_type(event_type: int) -> Callable[[], Column]:
+    def count() -> Column:
+        from pyspark.sql import functions as F
+
+        return F.count_if(F.col("event_type") == event_type).cast("long")
+
+    return count
+
+
+COUNT_METRICS: tuple[CountMetric, ...] = (
+    CountMetric("views", _count_event_type(VIEW)),
+    CountMetric("clicks", _count_event_type(CLICK)),
+)
+
+
+def ctr(views: int | None, clicks: int | None) -> float | None:
+    """Click-through rate: clicks / views, None when there are no views."""
+    if not views:
+        return None
+    return (clicks or 0) / views
+
+
+def ctr_column(views: Column, clicks: Column) -> Column:
+    """Spark twin of :func:`ctr`."""
+    from pyspark.sql import functions as F
+
+    return F.when(views > 0, clicks / views)
+
+
+def explode_dimensions(events: DataFrame) -> DataFrame:
+    """One row per (event, dimension): ``dimension`` and ``dim_id`` replace the id fields, so
+    every dimension is aggregated in a single pass over the events."""
+    from pyspark.sql import functions as F
+
+    pairs = F.array(*(
+        F.struct(F.lit(name).alias("dimension"), F.col(field).alias("dim_id"))
+        for name, field in DIMENSIONS.items()
+    ))
+    return (
+        events.select("timestamp", "event_type", "user_id", F.explode(pairs).alias("_d"))
+        .select("_d.dimension", "_d.dim_id", "timestamp", "event_type", "user_id")
+    )
+
+
+def period_start(timestamp: Column, granularity: str) -> Column:
+    """Start of the UTC hour/day holding ``timestamp`` (epoch seconds), as a Spark timestamp.
+    An event at exactly 13:00:00 belongs to the 13:00 hour."""
+    from pyspark.sql import functions as F
+
+    seconds = GRANULARITY_SECONDS[granularity]
+    return F.timestamp_seconds(timestamp - F.pmod(timestamp, F.lit(seconds)))
+
+
+def with_period(rows: DataFrame, granularity: str, source: str = "timestamp") -> DataFrame:
+    """Add ``granularity`` and ``period_start`` (from epoch seconds or a timestamp column)."""
+    from pyspark.sql import functions as F
+
+    ts = F.col(source)
+    if source != "timestamp":
+        ts = F.unix_seconds(ts)
+    return rows.withColumn("granularity", F.lit(granularity)).withColumn(
+        "period_start", period_start(ts, granularity)
+    )
+
+
+def users_sketch() -> Column:
+    """The mergeable distinct-users sketch stored with every row (Apache DataSketches HLL)."""
+    from pyspark.sql import functions as F
+
+    return F.hll_sketch_agg("user_id", HLL_LG_K).alias("users_sketch")
+
+
+def _user_partials(
+    exploded: DataFrame, group: Iterable[str], counts_from_events: bool
+) -> DataFrame:
+    keys = [*group, "user_id"]
+    aggs = [m.count().alias(m.name) if counts_from_events else m.merge() for m in COUNT_METRICS]
+    return exploded.groupBy(*keys).agg(*aggs)
+
+
+def _finish_exact(user_partials: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return user_partials.groupBy(*KEY_COLUMNS).agg(
+        *(m.merge() for m in COUNT_METRICS),
+        F.count(F.lit(1)).cast("long").alias("distinct_users"),
+        users_sketch(),
+    )
+
+
+def exact_stats(events: DataFrame, granularities: Iterable[str] = GRANULARITIES) -> DataFrame:
+    """EXACT stats of typed events for every dimension and the given granularities, in one pass.
+
+    Two levels: first per (dimension, id, hour, user) — which makes distinct users a plain row
+    count — then per (dimension, id, period). Days are rolled up from the hourly user partials,
+    never from the events again.
+    """
+    granularities = list(granularities)
+    hourly_partials = _user_partials(
+        with_period(explode_dimensions(events), "hour"), KEY_COLUMNS, counts_from_events=True
+    )
+    outputs = []
+    if "hour" in granularities:
+        outputs.append(_finish_exact(hourly_partials))
+    if "day" in granularities:
+        daily_partials = _user_partials(
+            with_period(hourly_partials, "day", source="period_start"), KEY_COLUMNS,
+            counts_from_events=False,
+        )
+        outputs.append(_finish_exact(daily_partials))
+    if not outputs:
+        raise ValueError(f"no granularity among {granularities}; expected {GRANULARITIES}")
+    result = outputs[0]
+    for other in outputs[1:]:
+        result = result.unionByName(other)
+    return result.select(*KEY_COLUMNS, *METRIC_COLUMNS)
+
+
+def approximate_stats(exploded_with_period: DataFrame) -> DataFrame:
+    """FRESH stats (speed layer): counts per (dimension, id, period) and the users sketch;
+    distinct users is the sketch's estimate."""
+    from pyspark.sql import functions as F
+
+    return (
+        exploded_with_period.groupBy(*KEY_COLUMNS)
+        .agg(*(m.count().alias(m.name) for m in COUNT_METRICS), users_sketch())
+        .withColumn("distinct_users", F.hll_sketch_estimate("users_sketch"))
+        .select(*KEY_COLUMNS, *METRIC_COLUMNS)
+    )

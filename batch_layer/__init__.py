@@ -1,0 +1,1 @@
+"""Batch layer: landing files -> immutable master dataset -> exact hourly/daily batch views."""
