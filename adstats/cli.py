@@ -56,12 +56,6 @@ def _cmd_jars(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from utils import generate_sample_data
-
-    return generate_sample_data.main(args.rest)
-
-
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from batch_layer.ingest import ingest, report_json
 
@@ -144,11 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate hourly sample CSV files (utils/generate_sample_data.py; -h for options)",
     )
     gen.add_argument("rest", nargs=argparse.REMAINDER)
-    gen.set_defaults(func=_cmd_generate)
+
+    prod = sub.add_parser(
+        "produce", add_help=False,
+        help="replay CSV files into Kafka as JSON events (utils/produce_events.py; -h for options)",
+    )
+    prod.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
+# Subcommands that are whole scripts of their own: their arguments go through untouched
+# (argparse's REMAINDER would swallow their -h).
+_PASS_THROUGH = {"generate": "generate_sample_data", "produce": "produce_events"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _PASS_THROUGH:
+        import importlib
+
+        module = importlib.import_module(f"utils.{_PASS_THROUGH[argv[0]]}")
+        return module.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

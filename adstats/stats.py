@@ -68,7 +68,7 @@ def ctr_column(views: Column, clicks: Column) -> Column:
     return F.when(views > 0, clicks / views)
 
 
-def explode_dimensions(events: DataFrame) -> DataFrame:
+def explode_dimensions(events: DataFrame, extra: Iterable[str] = ()) -> DataFrame:
     """One row per (event, dimension): ``dimension`` and ``dim_id`` replace the id fields, so
     every dimension is aggregated in a single pass over the events."""
     from pyspark.sql import functions as F
@@ -78,8 +78,8 @@ def explode_dimensions(events: DataFrame) -> DataFrame:
         for name, field in DIMENSIONS.items()
     ))
     return (
-        events.select("timestamp", "event_type", "user_id", F.explode(pairs).alias("_d"))
-        .select("_d.dimension", "_d.dim_id", "timestamp", "event_type", "user_id")
+        events.select("timestamp", "event_type", "user_id", *extra, F.explode(pairs).alias("_d"))
+        .select("_d.dimension", "_d.dim_id", "timestamp", "event_type", "user_id", *extra)
     )
 
 
@@ -111,46 +111,73 @@ def users_sketch() -> Column:
     return F.hll_sketch_agg("user_id", HLL_LG_K).alias("users_sketch")
 
 
-def _user_partials(
-    exploded: DataFrame, group: Iterable[str], counts_from_events: bool
-) -> DataFrame:
-    keys = [*group, "user_id"]
-    aggs = [m.count().alias(m.name) if counts_from_events else m.merge() for m in COUNT_METRICS]
-    return exploded.groupBy(*keys).agg(*aggs)
+def user_dictionary(events: DataFrame) -> DataFrame:
+    """``user_id`` -> ``user_number`` (a long), unique per user, for exact bitmaps.
 
-
-def _finish_exact(user_partials: DataFrame) -> DataFrame:
+    Checkpointed so that every use within a job sees the same numbering (the numbers come from
+    ``monotonically_increasing_id``, which a recomputation could assign differently)."""
     from pyspark.sql import functions as F
 
-    return user_partials.groupBy(*KEY_COLUMNS).agg(
-        *(m.merge() for m in COUNT_METRICS),
-        F.count(F.lit(1)).cast("long").alias("distinct_users"),
+    return (
+        events.select("user_id").distinct()
+        .withColumn("user_number", F.monotonically_increasing_id())
+        .localCheckpoint(eager=True)
+    )
+
+
+def _bitmap_cells(events: DataFrame) -> DataFrame:
+    """Per (dimension, id, hour, bitmap bucket): counts, an exact bitmap of the users' numbers
+    and their HLL sketch. A bucket covers 32,768 user numbers, so there are few cells."""
+    from pyspark.sql import functions as F
+
+    numbered = events.join(user_dictionary(events), "user_id")
+    rows = with_period(explode_dimensions(numbered, extra=("user_number",)), "hour")
+    return rows.groupBy(*KEY_COLUMNS, F.bitmap_bucket_number("user_number").alias("_bucket")).agg(
+        *(m.count().alias(m.name) for m in COUNT_METRICS),
+        F.bitmap_construct_agg(F.bitmap_bit_position("user_number")).alias("_users_bitmap"),
         users_sketch(),
+    )
+
+
+def _roll_up_cells(cells: DataFrame) -> DataFrame:
+    """Hourly cells -> daily cells: counts summed, bitmaps OR-ed, sketches unioned."""
+    from pyspark.sql import functions as F
+
+    return with_period(cells, "day", source="period_start").groupBy(*KEY_COLUMNS, "_bucket").agg(
+        *(m.merge() for m in COUNT_METRICS),
+        F.bitmap_or_agg("_users_bitmap").alias("_users_bitmap"),
+        F.hll_union_agg("users_sketch").alias("users_sketch"),
+    )
+
+
+def _finish_exact(cells: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return cells.groupBy(*KEY_COLUMNS).agg(
+        *(m.merge() for m in COUNT_METRICS),
+        F.sum(F.bitmap_count("_users_bitmap")).cast("long").alias("distinct_users"),
+        F.hll_union_agg("users_sketch").alias("users_sketch"),
     )
 
 
 def exact_stats(events: DataFrame, granularities: Iterable[str] = GRANULARITIES) -> DataFrame:
     """EXACT stats of typed events for every dimension and the given granularities, in one pass.
 
-    Two levels: first per (dimension, id, hour, user) — which makes distinct users a plain row
-    count — then per (dimension, id, period). Days are rolled up from the hourly user partials,
-    never from the events again.
+    Distinct users are counted exactly with Spark's bitmap functions: each user gets a number,
+    each (dimension, id, hour) cell a bitmap of its users' numbers; a day ORs its hours'
+    bitmaps, so days are rolled up from the hourly cells, never from the events again.
+    (A first version grouped by (dimension, id, hour, user): 5x slower, see docs/benchmarks.md.)
     """
     granularities = list(granularities)
-    hourly_partials = _user_partials(
-        with_period(explode_dimensions(events), "hour"), KEY_COLUMNS, counts_from_events=True
-    )
+    unknown = set(granularities) - set(GRANULARITIES)
+    if unknown or not granularities:
+        raise ValueError(f"granularities {granularities}: expected some of {GRANULARITIES}")
+    hourly_cells = _bitmap_cells(events).persist()
     outputs = []
     if "hour" in granularities:
-        outputs.append(_finish_exact(hourly_partials))
+        outputs.append(_finish_exact(hourly_cells))
     if "day" in granularities:
-        daily_partials = _user_partials(
-            with_period(hourly_partials, "day", source="period_start"), KEY_COLUMNS,
-            counts_from_events=False,
-        )
-        outputs.append(_finish_exact(daily_partials))
-    if not outputs:
-        raise ValueError(f"no granularity among {granularities}; expected {GRANULARITIES}")
+        outputs.append(_finish_exact(_roll_up_cells(hourly_cells)))
     result = outputs[0]
     for other in outputs[1:]:
         result = result.unionByName(other)

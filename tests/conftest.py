@@ -40,7 +40,7 @@ _TEST_ENV = {
     "ADSTATS_SPARK_SHUFFLE_PARTITIONS": "4",
 }
 for _key, _value in _TEST_ENV.items():
-    os.environ[_key] = _value
+    os.environ.setdefault(_key, _value)  # a caller may choose its own ports
 os.environ.pop("ADSTATS_KAFKA_BOOTSTRAP", None)
 os.environ.pop("ADSTATS_CASSANDRA_HOSTS", None)
 _STATE = Path(tempfile.mkdtemp(prefix="adstats-test-stack-"))

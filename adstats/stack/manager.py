@@ -127,12 +127,19 @@ def stop(service: Service, grace: float = 60) -> bool:
     return True
 
 
-def _reap(pid: int) -> None:
-    # When this process started the JVM it is our child: collect it so it leaves no zombie.
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+def _reap(pid: int, timeout: float = 10) -> None:
+    """Wait until the exiting JVM is gone. A zombie already has an empty cmdline (so
+    ``running_pid`` says None) but still holds its pid: when this process started the JVM it
+    is our child and we must collect it; otherwise its parent (init) does."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
 
 
 def up(cfg: Settings, timeout: float = 180) -> dict[str, float]:
