@@ -84,6 +84,21 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from speed_layer.stream import StreamOptions, format_status, read_status, run_stream
+
+    if args.action == "status":
+        status = read_status()
+        print(json.dumps(status, indent=2) if args.json else format_status(status))
+        return 0 if status else 3
+    options = StreamOptions(
+        watermark=args.watermark, trigger=args.trigger,
+        starting_offsets=args.starting_offsets,
+        max_offsets_per_trigger=args.max_offsets_per_trigger,
+    )
+    return run_stream(options)
+
+
 def _print_table(rows: list[dict[str, str]], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
@@ -132,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--from", dest="start", help="range: first hour (inclusive)")
     batch.add_argument("--to", dest="end", help="range: end hour (exclusive)")
     batch.set_defaults(func=_cmd_batch)
+
+    stream = sub.add_parser(
+        "stream", help="speed layer: Kafka -> realtime views (runs until Ctrl-C); `status`",
+    )
+    stream.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    stream.add_argument("--watermark", default="10 minutes",
+                        help="how late an event may be and still count (default 10 minutes)")
+    stream.add_argument("--trigger", default="1 second", help="micro-batch interval")
+    stream.add_argument("--starting-offsets", default="earliest",
+                        help="where a NEW checkpoint starts: earliest | latest")
+    stream.add_argument("--max-offsets-per-trigger", type=int, default=None)
+    stream.add_argument("--json", action="store_true", help="status: print JSON")
+    stream.set_defaults(func=_cmd_stream)
 
     gen = sub.add_parser(
         "generate", add_help=False,

@@ -124,3 +124,39 @@ def derived_event_id(
 
     parts = [file_name, *(columns[name] for name in CSV_FIELDS), occurrence.cast("string")]
     return F.substring(F.sha2(F.concat_ws("|", *parts), 256), 1, 32)
+
+
+def parse_json_events(value: Column) -> tuple[Column, dict[str, Column]]:
+    """Kafka message bytes -> (rejection reason or null, raw string columns of the fields).
+
+    The JSON shape is checked first (valid UTF-8, valid JSON, an object, each field present
+    with its JSON type: ids strings, ``timestamp`` and ``event_type`` integers); then the same
+    contract rules as for CSV rows (:func:`rejection_reason`). Unknown extra fields are allowed.
+    """
+    from pyspark.sql import functions as F
+
+    text = value.cast("string")
+    doc = F.try_parse_json(text)
+
+    def json_type(name: str) -> Column:
+        return F.schema_of_variant(F.variant_get(doc, f"$.{name}", "variant"))
+
+    expected = {name: "BIGINT" for name in ("timestamp", "event_type")}
+    expected.update({name: "STRING" for name in (EVENT_ID, *ID_FIELDS)})
+    checks = [
+        (~F.is_valid_utf8(text), "invalid UTF-8"),
+        (doc.isNull(), "not valid JSON"),
+        (~F.schema_of_variant(doc).startswith("OBJECT"), "not a JSON object"),
+    ]
+    for name in FIELDS:
+        kind = json_type(name)
+        checks.append((kind.isNull() | (kind == "VOID"), f"missing {name}"))
+        wrong = "non-integer timestamp" if name == "timestamp" else (
+            f"{name} is not an integer" if expected[name] == "BIGINT" else f"{name} is not a string"
+        )
+        checks.append((kind != expected[name], wrong))
+    columns = {name: F.try_variant_get(doc, f"$.{name}", "string") for name in FIELDS}
+    reason = rejection_reason(columns)
+    for condition, text_reason in reversed(checks):
+        reason = F.when(condition, F.lit(text_reason)).otherwise(reason)
+    return reason, columns

@@ -184,14 +184,20 @@ def exact_stats(events: DataFrame, granularities: Iterable[str] = GRANULARITIES)
     return result.select(*KEY_COLUMNS, *METRIC_COLUMNS)
 
 
-def approximate_stats(exploded_with_period: DataFrame) -> DataFrame:
-    """FRESH stats (speed layer): counts per (dimension, id, period) and the users sketch;
-    distinct users is the sketch's estimate."""
+def approximate_stats(events: DataFrame, event_time: str = "event_time") -> DataFrame:
+    """FRESH hourly stats (speed layer) of typed events carrying an ``event_time`` timestamp:
+    counts per (dimension, id, hour) and the users sketch; distinct users is the sketch's
+    estimate. Grouping by ``window(event_time)`` lets a streaming query bound its state and
+    drop events later than its watermark."""
     from pyspark.sql import functions as F
 
+    rows = explode_dimensions(events, extra=(event_time,))
+    hour = F.window(event_time, f"{GRANULARITY_SECONDS['hour']} seconds")
     return (
-        exploded_with_period.groupBy(*KEY_COLUMNS)
+        rows.groupBy("dimension", "dim_id", hour.alias("_window"))
         .agg(*(m.count().alias(m.name) for m in COUNT_METRICS), users_sketch())
+        .withColumn("granularity", F.lit("hour"))
+        .withColumn("period_start", F.col("_window.start"))
         .withColumn("distinct_users", F.hll_sketch_estimate("users_sketch"))
         .select(*KEY_COLUMNS, *METRIC_COLUMNS)
     )

@@ -83,3 +83,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stack)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # The stack's data, logs and the tests' data dir live here; the stack is down by now.
+    import shutil
+
+    shutil.rmtree(_STATE, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Speed layer: Kafka -> fresh hourly realtime views, raw archive and dead-letter topic."""
