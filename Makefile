@@ -46,3 +46,9 @@ demo-down: stack-down
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Local Airflow with the DAGs in dags/ (SQLite under $ADSTATS_HOME/airflow, UI on
+# http://127.0.0.1:8080, login printed); Ctrl-C stops it. See docs/airflow.md.
+.PHONY: airflow
+airflow: setup
+	$(BIN)/adstats airflow

@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay CSV files into Kafka as JSON events (utils/produce_events.py; -h for options)",
     )
     prod.add_argument("rest", nargs=argparse.REMAINDER)
+
+    from adstats import airflow_runner  # light: stdlib + adstats.config
+
+    airflow_runner.register(sub)
     return parser
 
 

@@ -79,3 +79,86 @@ def mark_periods_done(session: Session, periods: Iterable[Mapping]) -> int:
         for p in periods
     )
     return _run(session, cql, params)
+
+
+# ------------------------------------------------- orchestration: periods, reconciliation, expiry
+RECONCILIATION_TABLE = "reconciliation"
+_RECONCILIATION_COLUMNS = (
+    "granularity", "bucket", "period_start", "batch_events", "batch_views", "batch_clicks",
+    "speed_rows", "speed_views", "speed_clicks", "views_diff", "clicks_diff", "views_rel_diff",
+    "clicks_rel_diff", "users_exact", "users_estimate", "users_rel_error", "batch_run_id",
+    "run_id", "checked_at",
+)
+
+
+def read_period(session: Session, granularity: str, period_start: datetime):
+    """The ``batch_periods`` row of one period, or None when it is not recorded (not exact)."""
+    start = as_utc(period_start)
+    return session.execute(
+        f"SELECT * FROM {PERIODS_TABLE} WHERE granularity=%s AND bucket=%s AND period_start=%s",
+        (granularity, bucket_of(granularity, start), start),
+    ).one()
+
+
+def recorded_periods(
+    session: Session, granularity: str, starts: Iterable[datetime]
+) -> set[datetime]:
+    """Which of the given period starts are recorded in ``batch_periods`` (aware UTC)."""
+    wanted = {as_utc(s) for s in starts}
+    found: set[datetime] = set()
+    for bucket in sorted({bucket_of(granularity, s) for s in wanted}):
+        rows = session.execute(
+            f"SELECT period_start FROM {PERIODS_TABLE} WHERE granularity=%s AND bucket=%s",
+            (granularity, bucket),
+        )
+        found |= {as_utc(r.period_start) for r in rows} & wanted
+    return found
+
+
+def read_placement_rows(
+    session: Session, layer: str, granularity: str, period_start: datetime,
+    whole_day: bool = False,
+) -> list:
+    """Placement-dimension rows of ``batch_stats`` / ``speed_stats`` (``layer`` batch or speed)
+    for one period, or, with ``whole_day``, all hourly rows of the period's UTC day."""
+    table = {"batch": BATCH_TABLE, "speed": SPEED_TABLE}[layer]
+    start = as_utc(period_start)
+    cql = (f"SELECT dim_id, period_start, views, clicks, distinct_users, users_sketch FROM {table}"
+           " WHERE dimension='placement' AND granularity=%s AND bucket=%s")
+    if whole_day:
+        return list(session.execute(cql, (granularity, f"{start:%Y-%m-%d}")))
+    return list(session.execute(cql + " AND period_start=%s",
+                                (granularity, bucket_of(granularity, start), start)))
+
+
+def write_reconciliation(session: Session, record: Mapping) -> None:
+    """Upsert one reconciliation row (keyed by granularity, bucket, period_start)."""
+    cql = (f"INSERT INTO {RECONCILIATION_TABLE} ({', '.join(_RECONCILIATION_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(_RECONCILIATION_COLUMNS))})")
+    values = dict(record)
+    values["period_start"] = as_utc(values["period_start"])
+    values["bucket"] = bucket_of(values["granularity"], values["period_start"])
+    session.execute(session.prepare(cql), tuple(values.get(c) for c in _RECONCILIATION_COLUMNS))
+
+
+def read_reconciliation(
+    session: Session, granularity: str, period_start: datetime
+) -> dict | None:
+    """The reconciliation row of one period as a dict, or None."""
+    start = as_utc(period_start)
+    row = session.execute(
+        f"SELECT * FROM {RECONCILIATION_TABLE} WHERE granularity=%s AND bucket=%s"
+        " AND period_start=%s", (granularity, bucket_of(granularity, start), start),
+    ).one()
+    return row._asdict() if row is not None else None
+
+
+def delete_speed_day(session: Session, day: str, dimensions: Iterable[str]) -> int:
+    """Delete a UTC day's hourly realtime rows: one partition delete per dimension (bucket =
+    the day, ``YYYY-MM-DD``). Needs MODIFY (the writer role). Returns the partitions deleted."""
+    statement = session.prepare(
+        f"DELETE FROM {SPEED_TABLE} WHERE dimension=? AND granularity='hour' AND bucket=?")
+    dims = list(dimensions)
+    for dim in dims:
+        session.execute(statement, (dim, day))
+    return len(dims)

@@ -36,7 +36,7 @@ def test_schema_statements_fill_keyspace(monkeypatch):
     stmts = schema_statements(settings())
     assert stmts[0].startswith("CREATE KEYSPACE IF NOT EXISTS ks_x")
     assert {s.split("(")[0].split()[-1] for s in stmts[1:]} == {
-        "ks_x.batch_stats", "ks_x.batch_periods", "ks_x.speed_stats"}
+        "ks_x.batch_stats", "ks_x.batch_periods", "ks_x.speed_stats", "ks_x.reconciliation"}
 
 
 def test_bad_keyspace_rejected(monkeypatch):

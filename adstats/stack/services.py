@@ -139,8 +139,9 @@ class Kafka(Service):
         )
         if (self.data_dir / "meta.properties").exists():
             return
+        # May start with "-": always pass it as --cluster-id=VALUE, never as a separate word.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = [*self._jvm(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        fmt = [*self._jvm(), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                "-c", str(self.properties), "--ignore-formatted"]
         proc = subprocess.run(fmt, capture_output=True, text=True)
         if proc.returncode != 0:
