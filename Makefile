@@ -36,13 +36,12 @@ stack-up: setup
 stack-down:
 	$(BIN)/adstats stack down
 
-# Until the demo issue lands: bring up the stack and generate a day of sample data.
+# The whole lambda loop on the local stack (see README); `make demo-down` stops everything.
 demo: setup
-	$(BIN)/adstats stack up
-	$(BIN)/adstats generate -e 20000 -t 24 --seed 7 --event-id --out data/sample_data
-	$(BIN)/adstats stack status
+	$(BIN)/adstats demo
 
-demo-down: stack-down
+demo-down:
+	$(BIN)/adstats demo down
 
 clean:
 	rm -rf $(VENV) build *.egg-info

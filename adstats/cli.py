@@ -173,15 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prod.add_argument("rest", nargs=argparse.REMAINDER)
 
-    from adstats import airflow_runner  # light: stdlib + adstats.config
+    demo = sub.add_parser("demo", add_help=False,
+                          help="the whole lambda loop on the local stack; `demo down` stops it")
+    demo.add_argument("rest", nargs=argparse.REMAINDER)
 
+    from adstats import airflow_runner  # light: stdlib + adstats.config
+    from serving_layer import cli as serving_cli
+
+    serving_cli.register(sub)
     airflow_runner.register(sub)
     return parser
 
 
 # Subcommands that are whole scripts of their own: their arguments go through untouched
 # (argparse's REMAINDER would swallow their -h).
-_PASS_THROUGH = {"generate": "generate_sample_data", "produce": "produce_events"}
+_PASS_THROUGH = {
+    "generate": "utils.generate_sample_data",
+    "produce": "utils.produce_events",
+    "demo": "adstats.demo",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in _PASS_THROUGH:
         import importlib
 
-        module = importlib.import_module(f"utils.{_PASS_THROUGH[argv[0]]}")
+        module = importlib.import_module(_PASS_THROUGH[argv[0]])
         return module.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
