@@ -50,6 +50,7 @@ class IngestReport:
     quarantine_dir: str | None = None
     hours: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [
@@ -63,7 +64,9 @@ class IngestReport:
         ]
         lines += [f"    {n:>8,}  {reason}" for reason, n in sorted(self.quarantined.items())]
         lines += [f"  rejected file {name}: {why}" for name, why in self.files_rejected.items()]
-        lines.append(f"  {len(self.hours)} hour(s) touched, {self.seconds:.1f} s")
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items())
+        lines.append(f"  {len(self.hours)} hour(s) touched, {self.seconds:.1f} s"
+                     + (f" ({stages})" if stages else ""))
         return "\n".join(lines)
 
 
@@ -213,6 +216,7 @@ def ingest(
          f"{len(report.files_skipped)} already ingested", quiet)
     quarantine = cfg.quarantine_dir / run_id
     _quarantine_rejected_files(report, files, quarantine)
+    planned = _stage(report, "hash+plan", began)
     if not groups:
         report.seconds = time.monotonic() - began
         return report
@@ -234,6 +238,7 @@ def ingest(
              .withColumn("_status", status)
              .write.mode("append").option("compression", "lz4")  # transient: favour speed
              .partitionBy("_status").parquet(str(staging / "all")))
+        mark = _stage(report, "read+validate+stage", planned)
         staged = spark.read.parquet(str(staging / "all"))
         good = staged.where(F.col("_status") == "valid")
         bad = staged.where(F.col("_status") == "rejected")
@@ -250,11 +255,15 @@ def ingest(
             report.quarantined[r["_reason"]] = report.quarantined.get(r["_reason"], 0) \
                 + r["count"]
 
+        mark = _stage(report, "count", mark)
+
         # 3. Bad rows: quarantine with their reason.
         if report.quarantined:
             bad.drop("_status", "_row").coalesce(1).write.mode("overwrite") \
                 .option("ignoreNullFields", False).json(str(quarantine / "rows"))
             report.quarantine_dir = str(quarantine)
+
+        mark = _stage(report, "quarantine", mark)
 
         # 4. Good rows: deduplicated, typed, written by event hour next to the master dataset.
         existing = read_source(spark, cfg.master_dir, "files", [
@@ -275,9 +284,12 @@ def ingest(
             report.hours = {f"{r['date']}T{r['hour']:02d}": r["count"]
                             for r in written.groupBy("date", "hour").count().collect()}
 
+        mark = _stage(report, "dedup+write", mark)
+
         # 5. Publish: move the new files into the master dataset, then record the manifest.
         _publish(staging / "new", source_root(cfg.master_dir, "files"))
         _record_manifest(cfg, run_id, groups, digests, per_file)
+        _stage(report, "publish", mark)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -288,6 +300,12 @@ def ingest(
         - report.rows_written
     report.seconds = time.monotonic() - began
     return report
+
+
+def _stage(report: IngestReport, name: str, since: float) -> float:
+    now = time.monotonic()
+    report.stage_seconds[name] = round(now - since, 2)
+    return now
 
 
 def _publish(new_root: Path, master_files: Path) -> None:

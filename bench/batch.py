@@ -87,6 +87,8 @@ def main() -> int:
         results.append(("adstats total", report.rows_written, t_ingest + t_batch))
 
         _check_same(cfg, duck, batch.run_id)
+        print("ingest stages: " + ", ".join(f"{k} {v:.1f} s"
+                                            for k, v in report.stage_seconds.items()))
         print(f"\n{args.events:,} events requested, {size_mb:,.0f} MB of CSV, "
               f"{os.cpu_count()} cores; Spark JVM start {jvm:.1f} s (excluded)\n")
         print("| job | events | seconds | events/s | vs DuckDB |")
