@@ -643,3 +643,21 @@ def dag_start() -> datetime:
         raise ValueError(f"{DAG_START_ENV} must be an ISO date, got {raw!r}") from exc
     parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     return parsed.replace(minute=0, second=0, microsecond=0)
+
+
+def env_minutes(name: str, default: float) -> timedelta:
+    """A duration in minutes from the environment (DAG sensor intervals and timeouts)."""
+    return timedelta(minutes=float(os.environ.get(name) or default))
+
+
+def dag_default_args(retry_minutes: float, max_retry_minutes: float) -> dict[str, Any]:
+    """Task defaults shared by the DAGs: ``ADSTATS_DAG_RETRIES`` retries (3) with the delay
+    doubling from ``retry_minutes`` up to ``max_retry_minutes``, and a failure log line."""
+    return {
+        "owner": "adstats",
+        "retries": int(os.environ.get("ADSTATS_DAG_RETRIES") or 3),
+        "retry_delay": timedelta(minutes=retry_minutes),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=max_retry_minutes),
+        "on_failure_callback": log_failure,
+    }

@@ -29,10 +29,6 @@ from airflow.sdk.exceptions import AirflowFailException
 from batch_layer import orchestration as orch
 
 
-def _minutes(name: str, default: float) -> timedelta:
-    return timedelta(minutes=float(os.environ.get(name) or default))
-
-
 @dag(
     dag_id="ad_stats_daily",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
@@ -40,22 +36,15 @@ def _minutes(name: str, default: float) -> timedelta:
     catchup=True,
     max_active_runs=int(os.environ.get("ADSTATS_DAILY_MAX_ACTIVE_RUNS") or 2),
     dagrun_timeout=timedelta(hours=36),
-    default_args={
-        "owner": "adstats",
-        "retries": int(os.environ.get("ADSTATS_DAG_RETRIES") or 3),
-        "retry_delay": timedelta(minutes=2),
-        "retry_exponential_backoff": 2.0,  # 2, 4, 8 … minutes
-        "max_retry_delay": timedelta(minutes=60),
-        "on_failure_callback": orch.log_failure,
-    },
+    default_args=orch.dag_default_args(retry_minutes=2, max_retry_minutes=60),  # 2, 4, 8 … minutes
     tags=["adstats", "batch"],
     doc_md=__doc__,
 )
 def ad_stats_daily() -> None:
     @task.sensor(
         mode="reschedule",
-        poke_interval=_minutes("ADSTATS_DAY_POKE_MINUTES", 10),
-        timeout=_minutes("ADSTATS_DAY_WAIT_TIMEOUT_MINUTES", 24 * 60),
+        poke_interval=orch.env_minutes("ADSTATS_DAY_POKE_MINUTES", 10),
+        timeout=orch.env_minutes("ADSTATS_DAY_WAIT_TIMEOUT_MINUTES", 24 * 60),
         retries=0,
     )
     def wait_for_hours(data_interval_start=None) -> bool:

@@ -32,10 +32,6 @@ from airflow.sdk.exceptions import AirflowFailException
 from batch_layer import orchestration as orch
 
 
-def _minutes(name: str, default: float) -> timedelta:
-    return timedelta(minutes=float(os.environ.get(name) or default))
-
-
 @dag(
     dag_id="ad_stats_hourly",
     schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
@@ -43,14 +39,7 @@ def _minutes(name: str, default: float) -> timedelta:
     catchup=True,
     max_active_runs=int(os.environ.get("ADSTATS_DAG_MAX_ACTIVE_RUNS") or 4),
     dagrun_timeout=timedelta(hours=12),
-    default_args={
-        "owner": "adstats",
-        "retries": int(os.environ.get("ADSTATS_DAG_RETRIES") or 3),
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,  # 1, 2, 4 … minutes
-        "max_retry_delay": timedelta(minutes=30),
-        "on_failure_callback": orch.log_failure,
-    },
+    default_args=orch.dag_default_args(retry_minutes=1, max_retry_minutes=30),  # 1, 2, 4 … minutes
     params={
         "allow_empty": Param(
             orch.env_flag(orch.ALLOW_EMPTY_ENV), type="boolean",
@@ -68,8 +57,8 @@ def _minutes(name: str, default: float) -> timedelta:
 def ad_stats_hourly() -> None:
     @task.sensor(
         mode="reschedule",
-        poke_interval=_minutes("ADSTATS_HOUR_POKE_MINUTES", 5),
-        timeout=_minutes("ADSTATS_HOUR_WAIT_TIMEOUT_MINUTES", 6 * 60),
+        poke_interval=orch.env_minutes("ADSTATS_HOUR_POKE_MINUTES", 5),
+        timeout=orch.env_minutes("ADSTATS_HOUR_WAIT_TIMEOUT_MINUTES", 6 * 60),
         retries=0,
     )
     def wait_for_hour(data_interval_start=None, params=None) -> PokeReturnValue:
