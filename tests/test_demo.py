@@ -23,7 +23,7 @@ def test_demo_prints_merged_totals_equal_to_an_independent_computation(stack, tm
     env = {**os.environ, "ADSTATS_DEMO_DIR": str(tmp_path / "demo")}
     demo = subprocess.run(
         [sys.executable, "-m", "adstats.cli", "demo", "--events-per-hour", "300",
-         "--port", str(_free_port())],
+         "--port", str(_free_port()), "--print-totals"],
         env=env, capture_output=True, text=True, timeout=900,
     )
     try:
