@@ -619,9 +619,29 @@ def describe_failure(context: Mapping[str, Any]) -> str:
             getattr(context["dag"], "dag_id", "").endswith("daily"):
         period = f"{as_day(start)}"
     error = context.get("exception")
-    return (f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')} failed for "
+    line = (f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')} failed for "
             f"{period} (try {getattr(ti, 'try_number', '?')}): "
             f"{type(error).__name__ if error else 'error'}: {error}")
+    if start is not None and type(error).__name__ == "AirflowSensorTimeout":
+        line += f" -- {why_still_waiting(getattr(ti, 'dag_id', ''), start)}"
+    return line
+
+
+def why_still_waiting(dag_id: str, start: datetime) -> str:
+    """What a timed-out sensor was still waiting for: Airflow's own timeout message names
+    neither the period nor the missing input, and that is what an operator needs first."""
+    try:
+        if dag_id.endswith("daily"):
+            missing = missing_hours(start)
+            return (f"day {as_day(start)}: {len(missing)} hour(s) never became exact: "
+                    f"{', '.join(f'{h:%H}' for h in missing) or 'none (now ready)'}; run or "
+                    f"repair those hours (ad_stats_hourly / adstats batch range), then clear "
+                    f"this run")
+        state = hour_completeness(start)
+        return (f"hour {state.hour}: its input never arrived ({state.reason}); land the "
+                f"hour's file or set allow_empty, then clear this run")
+    except Exception as exc:  # noqa: BLE001 - a callback must not fail on a second error
+        return f"(could not tell what was missing: {type(exc).__name__}: {exc})"
 
 
 def log_failure(context: Mapping[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
     GET /v1/stats/{dimension}?id=…&id=…&granularity=hour|day&from=…&to=…
     GET /v1/top/{dimension}?metric=views|clicks|ctr|distinct_users&from=…&to=…&limit=…
+    GET /v1/reconciliation?granularity=hour|day&from=…&to=…
     GET /v1/health
     GET /docs (OpenAPI UI), /openapi.json
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from adstats.config import Settings, settings
 from serving_layer import merge
 from serving_layer.merge import DAY, HOUR, QueryError, StatsReader
+from serving_layer.sketches import CorruptSketch
 
 API_VERSION = "1"
 KAFKA_TIMEOUT_S = 2.0
@@ -126,6 +128,39 @@ class TopResponse(BaseModel):
     rows: list[TopRow]
 
 
+class ReconciliationRow(BaseModel):
+    """Batch vs speed for one period, recorded by the DAGs' reconcile step (placement totals)."""
+
+    granularity: Granularity
+    period_start: datetime
+    batch_events: int | None = Field(description="input events of the exact batch run")
+    batch_views: int | None
+    batch_clicks: int | None
+    speed_rows: int | None = Field(description="realtime rows found for the period")
+    speed_views: int | None
+    speed_clicks: int | None
+    views_diff: int | None = Field(description="speed - batch: negative = events the speed "
+                                   "layer missed (late), repaired by the batch layer")
+    clicks_diff: int | None
+    views_rel_diff: float | None
+    clicks_rel_diff: float | None
+    users_exact: int | None = Field(description="exact distinct users (placements summed)")
+    users_estimate: int | None = Field(description="the speed layer's HLL estimate")
+    users_rel_error: float | None = Field(description="(estimate - exact) / exact")
+    batch_run_id: str | None
+    run_id: str | None = Field(description="the Airflow run that reconciled it")
+    checked_at: datetime | None
+
+
+class ReconciliationResponse(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    granularity: Granularity
+    from_: datetime = Field(alias="from")
+    to: datetime
+    rows: list[ReconciliationRow] = Field(description="one per reconciled period, oldest first")
+
+
 class Component(BaseModel):
     ok: bool
     detail: str
@@ -165,7 +200,7 @@ _TIME_DOC = "ISO-8601, UTC unless an offset is given: 2026-02-01, 2026-02-01T13,
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "invalid range or parameters"},
     422: {"model": Error, "description": "a parameter does not parse"},
-    503: {"model": Error, "description": "Cassandra unavailable"},
+    503: {"model": Error, "description": "Cassandra unavailable, or stored data unreadable"},
 }
 
 
@@ -282,6 +317,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     for kind in (NoHostAvailable, OperationTimedOut, RequestExecutionException, DriverException):
         app.add_exception_handler(kind, _unavailable)
 
+    @app.exception_handler(CorruptSketch)
+    async def _corrupt(request: Request, exc: CorruptSketch) -> JSONResponse:
+        # Stored data, not the request, is at fault: say so instead of a bare 500.
+        return JSONResponse(status_code=503, content={"detail": f"stored data unreadable: {exc}"})
+
     @app.get("/v1/stats/{dimension}", response_model=StatsResponse, responses=_ERRORS,
              summary="merged stats per id and period")
     async def get_stats(
@@ -334,6 +374,27 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         start, end = body.pop("start"), body.pop("end")
         return _json({"dimension": body.pop("dimension"), "metric": body.pop("metric"),
                       "from": start, "to": end, **body})
+
+    @app.get("/v1/reconciliation", response_model=ReconciliationResponse, responses=_ERRORS,
+             summary="speed layer vs exact batch, per reconciled period")
+    def get_reconciliation(
+        reader: Annotated[StatsReader, Depends(get_reader)],
+        granularity: Granularity = Granularity.hour,
+        from_: Annotated[TimeStr | None, Query(
+            alias="from", description=f"range start, inclusive. {_TIME_DOC}. Default: to - 24 h "
+            "(hour) or to - 7 days (day)")] = None,
+        to: Annotated[TimeStr | None, Query(
+            description=f"range end, exclusive. {_TIME_DOC}. Default: the next hour/day "
+            "boundary")] = None,
+    ) -> Response:
+        """How far the fresh numbers were from the exact ones, per period the batch layer has
+        reconciled (the Airflow DAGs' last step): count differences are late or lost events,
+        the users error is the HyperLogLog error."""
+        span = timedelta(days=1) if granularity is Granularity.hour else timedelta(days=7)
+        start, end = _range(granularity.value, from_, to, span)
+        rows = reader.reconciliation(granularity.value, start, end)
+        return _json({"granularity": granularity.value, "from": merge.iso(start),
+                      "to": merge.iso(end), "rows": rows})
 
     @app.get("/v1/health", response_model=Health,
              responses={503: {"model": Health, "description": "Cassandra unreachable"}},

@@ -1,4 +1,4 @@
-"""``adstats serve | query | top``: the serving layer's subcommands.
+"""``adstats serve | query | top | reconciliation``: the serving layer's subcommands.
 
 ``adstats/cli.py`` adds them with ``register(sub)``. Layers are imported inside the handlers, so
 ``adstats --help`` stays fast. ``query`` and ``top`` call the same library functions as the HTTP
@@ -48,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     top.add_argument("--limit", type=int, default=10)
     top.add_argument("--format", choices=("table", "json", "csv"), default="table")
     top.set_defaults(func=_cmd_top)
+
+    recon = subparsers.add_parser(
+        "reconciliation", help="speed layer vs exact batch, per reconciled period",
+        description="The records the Airflow DAGs' reconcile step wrote for periods starting "
+        "in [--from, --to): count differences (speed - batch) and the distinct-users error.")
+    recon.add_argument("--granularity", choices=("hour", "day"), default="hour")
+    recon.add_argument("--from", dest="start", required=True, help=f"inclusive; {_TIME_HELP}")
+    recon.add_argument("--to", dest="end", required=True, help=f"exclusive; {_TIME_HELP}")
+    recon.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    recon.set_defaults(func=_cmd_reconciliation)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -122,4 +132,23 @@ def _cmd_top(args: argparse.Namespace) -> int:
             return 0
     _print(rows, _TOP_COLUMNS if args.format == "table" else list(rows[0]) if rows else [],
            args.format)
+    return 0
+
+
+_RECONCILIATION_COLUMNS = ["period_start", "batch_events", "batch_views", "speed_views",
+                           "views_diff", "batch_clicks", "speed_clicks", "clicks_diff",
+                           "users_exact", "users_estimate", "users_rel_error"]
+
+
+def _cmd_reconciliation(args: argparse.Namespace) -> int:
+    from serving_layer.merge import reconciliation
+
+    rows = reconciliation(args.granularity, args.start, args.end)
+    if args.format == "table" and not rows:
+        print("no reconciliation records in that range (reconciled by the Airflow DAGs)",
+              file=sys.stderr)
+        return 0
+    columns = _RECONCILIATION_COLUMNS if args.format == "table" else \
+        list(rows[0]) if rows else []
+    _print(rows, columns, args.format)
     return 0

@@ -46,7 +46,13 @@ from cassandra.query import PreparedStatement
 from adstats.config import Settings, settings
 from adstats.stats import DIMENSIONS, GRANULARITIES, ctr
 from serving_layer import sketches
-from serving_layer.views import BATCH_TABLE, PERIODS_TABLE, SPEED_TABLE, bucket_of
+from serving_layer.views import (
+    BATCH_TABLE,
+    PERIODS_TABLE,
+    RECONCILIATION_TABLE,
+    SPEED_TABLE,
+    bucket_of,
+)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -337,6 +343,9 @@ class StatsReader:
             "ORDER BY period_start DESC LIMIT 1")
         self._partitions = prepare(f"SELECT DISTINCT granularity, bucket FROM {PERIODS_TABLE}")
         self._version = prepare("SELECT release_version FROM system.local")
+        self._reconciliation = prepare(
+            f"SELECT * FROM {RECONCILIATION_TABLE} WHERE granularity=? AND bucket=? "
+            "AND period_start>=? AND period_start<?")
         self._recorded: dict[tuple[str, datetime], float] = {}  # (granularity, start) -> expiry
 
     def _known_recorded(self, granularity: str, starts: list[datetime], now: float) -> bool:
@@ -597,6 +606,22 @@ class StatsReader:
         return TopResult(dimension, metric, start, end, n_hours, len(days), complete, all_exact,
                          note, rows)
 
+    # -- reconciliation
+
+    def reconciliation(self, granularity: str, start: datetime, end: datetime) -> list[dict]:
+        """The batch-vs-speed records (written by the Airflow DAGs' reconcile step) of the
+        periods starting in ``[start, end)``, oldest first; a period never reconciled has no
+        record. ``views_diff``/``clicks_diff`` = speed - batch: what the speed layer missed
+        (late events) or got wrong."""
+        check_granularity(granularity)
+        start, end = as_utc(start), as_utc(end)
+        check_range(granularity, start, end)
+        buckets = sorted({bucket_of(granularity, p) for p in periods(granularity, start, end)})
+        results = self._fan_out([(self._reconciliation, (granularity, b, start, end))
+                                 for b in buckets])
+        return sorted((reconciliation_record(r) for rows in results for r in rows),
+                      key=lambda r: r["period_start"])
+
     # -- health
 
     def cassandra_version(self) -> str:
@@ -619,6 +644,31 @@ class StatsReader:
             if row:
                 return _utc(row.period_start)
         return None
+
+
+RECONCILIATION_FIELDS: tuple[str, ...] = (
+    "granularity", "period_start", "batch_events", "batch_views", "batch_clicks", "speed_rows",
+    "speed_views", "speed_clicks", "views_diff", "clicks_diff", "views_rel_diff",
+    "clicks_rel_diff", "users_exact", "users_estimate", "users_rel_error", "batch_run_id",
+    "run_id", "checked_at")
+
+
+def reconciliation_record(row: Any) -> dict[str, Any]:
+    """A ``reconciliation`` row, JSON-ready (times as ISO-8601 UTC)."""
+    raw = row._asdict()
+    out = {k: raw.get(k) for k in RECONCILIATION_FIELDS}
+    for k in ("period_start", "checked_at"):
+        if out[k] is not None:
+            out[k] = iso(_utc(out[k]))
+    return out
+
+
+def reconciliation(granularity: str, start: datetime | str, end: datetime | str,
+                   session: Session | None = None, cfg: Settings | None = None) -> list[dict]:
+    """Reconciliation records (see :meth:`StatsReader.reconciliation`)."""
+    start, end = _time(start), _time(end)
+    with _reader(session, cfg) as reader:
+        return reader.reconciliation(granularity, start, end)
 
 
 def _day_windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:

@@ -40,11 +40,18 @@ def java_round(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+class CorruptSketch(ValueError):
+    """Stored sketch bytes that ``datasketches`` cannot read (a foreign or damaged value)."""
+
+
 def load(sketch: SketchLike) -> hll_sketch:
     """A sketch object from its serialized bytes (or the object itself)."""
     if isinstance(sketch, hll_sketch):
         return sketch
-    return hll_sketch.deserialize(bytes(sketch))
+    try:
+        return hll_sketch.deserialize(bytes(sketch))
+    except Exception as exc:  # the C++ binding raises RuntimeError/ValueError variants
+        raise CorruptSketch(f"unreadable HLL sketch ({len(sketch)} bytes): {exc}") from exc
 
 
 def _estimate_of(obj: hll_sketch | hll_union) -> Estimate:

@@ -139,8 +139,10 @@ def _send_dead_letters(cfg: Settings):
                 (batch.drop("reason").write.format("kafka")
                  .option("kafka.bootstrap.servers", cfg.kafka_bootstrap)
                  .option("topic", cfg.dlq_topic).save())
-            # One file per micro-batch id: a replayed batch overwrites its own count.
-            _atomic_write(counts_dir / f"{batch_id}.json", json.dumps(counts))
+            # One file per micro-batch id that had dead letters: a replayed batch (same
+            # offsets, same messages) overwrites its own count; clean batches write nothing.
+            if counts:
+                _atomic_write(counts_dir / f"{batch_id}.json", json.dumps(counts))
         finally:
             batch.unpersist()
 
@@ -202,12 +204,19 @@ class StatusWriter:
                 "processed_rows_per_s": progress.get("processedRowsPerSecond"),
             }
         if realtime:
-            dropped = sum(op.get("numRowsDroppedByWatermark", 0)
-                          for op in realtime.get("stateOperators", []))
-            # Per batch id, so a batch replayed after a restart is not counted twice.
-            self.late[str(realtime["batchId"])] = max(
-                dropped, self.late.get(str(realtime["batchId"]), 0))
-            _atomic_write(self.late_file, json.dumps(self.late))
+            # Every progress Spark still holds (recentProgress: the last 100 batches), not just
+            # the last one: several micro-batches may finish between two writes. Keyed by batch
+            # id, so a batch seen twice or replayed after a restart is not counted twice; only
+            # batches that dropped rows are kept, so the file stays small.
+            changed = False
+            for progress in self.queries["realtime"].recentProgress:
+                dropped = sum(op.get("numRowsDroppedByWatermark", 0)
+                              for op in progress.get("stateOperators", []))
+                key = str(progress["batchId"])
+                if dropped > self.late.get(key, 0):
+                    self.late[key], changed = dropped, True
+            if changed:
+                _atomic_write(self.late_file, json.dumps(self.late))
             source = (realtime.get("sources") or [{}])[0]
             metrics = source.get("metrics") or {}
             lag = metrics.get("maxOffsetsBehindLatest")

@@ -5,6 +5,7 @@ expired; a failed gate leaves the hour NOT exact)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -108,6 +109,7 @@ def test_daily_schedule_and_task_order(bag):
 # ------------------------------------------------------------------------ end to end (stack)
 HOUR = datetime(2026, 3, 17, 5, tzinfo=UTC)      # generated, landed, run by the hourly DAG
 BAD_HOUR = datetime(2026, 3, 17, 9, tzinfo=UTC)  # 20 % malformed rows: fails its gate
+NO_INPUT_HOUR = datetime(2026, 3, 17, 11, tzinfo=UTC)  # never lands: the sensor times out
 DAY = datetime(2026, 3, 18, tzinfo=UTC)          # 24 hours batched, then the daily DAG
 
 
@@ -181,6 +183,42 @@ def test_hourly_dag_end_to_end(data_env, spark, bag, airflow_db):
     assert rec["batch_events"] == 2000 and rec["batch_run_id"] == period.run_id
     assert rec["speed_rows"] == len(speed) and rec["views_diff"] == -len(speed)
     assert rec["clicks_diff"] == 0 and rec["users_rel_error"] == 0.0
+
+    # What users see: the serving layer answers the hour from the batch layer, exact.
+    from serving_layer.merge import stats
+
+    served = stats("placement", None, "hour", HOUR, HOUR + timedelta(hours=1), cfg=cfg)
+    assert served and all(r.source == "batch" and r.exact for r in served)
+    assert {r.id: (r.views, r.clicks, r.distinct_users) for r in served} == {
+        i: v for (d, i), v in want.items() if d == "placement"}
+
+
+def test_hour_whose_input_never_arrives_times_out_with_a_clear_message(
+        data_env, airflow_db, monkeypatch, caplog):
+    from airflow.models import DagBag
+
+    # Sensor intervals are read when the DAG file is parsed: parse it again with small ones.
+    monkeypatch.setenv("ADSTATS_HOUR_POKE_MINUTES", "0.01")        # 0.6 s
+    monkeypatch.setenv("ADSTATS_HOUR_WAIT_TIMEOUT_MINUTES", "0.05")  # 3 s
+    dag = DagBag(dag_folder=str(DAGS / "ad_stats_hourly.py")).dags[HOURLY]
+    assert dag.get_task("wait_for_hour").timeout == 3
+
+    began = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="adstats.orchestration"):
+        run = dag.test(logical_date=NO_INPUT_HOUR + timedelta(hours=1))
+    print(f"\nsensor timed out after {time.monotonic() - began:.1f} s")
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed"
+    assert states["wait_for_hour"] == "failed", states
+    assert states["ingest_hour"] == "upstream_failed", states
+    failures = [r.getMessage() for r in caplog.records if "wait_for_hour failed" in
+                r.getMessage()]
+    assert failures, [r.getMessage() for r in caplog.records]
+    message = failures[-1]
+    print(message)
+    assert "AirflowSensorTimeout" in message and "2026-03-17T11" in message
+    assert "its input never arrived" in message
+    assert "no 2026-03-17_11-00-00_*.csv in" in message
 
 
 def test_failed_gate_leaves_the_hour_not_exact(data_env, spark, bag, airflow_db):

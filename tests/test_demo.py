@@ -55,6 +55,12 @@ def test_demo_prints_merged_totals_equal_to_an_independent_computation(stack, tm
                     i: v[2] for i, v in want.items()}
         for step in ("[1/9]", "[4/9]", "[8/9]", "[9/9]"):
             assert step in demo.stdout
+        # The last hours show both kinds of row, and the reconciliation is measured: every
+        # streamed event was counted by the speed layer (no late events in the demo data).
+        assert "  speed   false" in demo.stdout and "  batch   true" in demo.stdout
+        recon = [json.loads(line.split(" ", 1)[1]) for line in demo.stdout.splitlines()
+                 if line.startswith("DEMO-RECONCILIATION ")]
+        assert recon and recon[0]["hours"] == 4 and recon[0]["count_diffs"] == 0, recon
     finally:
         subprocess.run([sys.executable, "-c", "from adstats.demo import stop_children; "
                         "from pathlib import Path; import sys; stop_children(Path(sys.argv[1]))",

@@ -97,6 +97,13 @@ def test_combine_rules():
     assert one.exact and one.users == sketches.Estimate.exact(3000)
 
 
+def test_unreadable_sketch_bytes_raise_a_named_error():
+    good = _sketch(range(100))
+    for bad in (b"", b"not a sketch", bytes(good)[:50]):
+        with pytest.raises(sketches.CorruptSketch, match="unreadable HLL sketch"):
+            sketches.load(bad)
+
+
 # --------------------------------------------------------------------------------------------
 # The real stack: batch layer for hours < 14, speed rows for 14-16
 
@@ -339,6 +346,34 @@ def test_api_top(loaded, api, reader):
     assert body["distinct_users_exact"] is False and body["note"]
 
 
+def test_reconciliation_records_are_served(loaded, api, capsys):
+    """The DAGs' batch-vs-speed records, through the library, the API and the CLI."""
+    from serving_layer.cassandra_session import writer_session
+    from serving_layer.merge import reconciliation
+    from serving_layer.views import write_reconciliation
+
+    client, cfg = api
+    record = {"granularity": "hour", "period_start": at(13), "batch_events": 3000,
+              "batch_views": 2700, "batch_clicks": 300, "speed_rows": 5, "speed_views": 2698,
+              "speed_clicks": 300, "views_diff": -2, "clicks_diff": 0, "views_rel_diff": -2 / 2700,
+              "clicks_rel_diff": 0.0, "users_exact": 4000, "users_estimate": 4011,
+              "users_rel_error": 11 / 4000, "batch_run_id": "batch-1", "run_id": "test-run",
+              "checked_at": datetime.now(UTC)}
+    with writer_session(cfg) as session:
+        write_reconciliation(session, record)
+    rows = reconciliation("hour", at(12), at(16), cfg=cfg)
+    assert [r["period_start"] for r in rows] == [f"{DAY}T13:00:00Z"]
+    assert rows[0]["views_diff"] == -2 and rows[0]["users_estimate"] == 4011
+    body = client.get("/v1/reconciliation", params={"from": f"{DAY}T12", "to": f"{DAY}T16"})
+    assert body.status_code == 200, body.text
+    assert body.json()["rows"] == rows
+    assert client.get("/v1/reconciliation", params={
+        "from": f"{DAY}T14", "to": f"{DAY}T16"}).json()["rows"] == []
+    assert _cli("reconciliation", "--from", f"{DAY}T12", "--to", f"{DAY}T16") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["period_start", "batch_events"] and len(table) == 3
+
+
 @pytest.mark.parametrize(("path", "params", "status", "words"), [
     ("/v1/stats/campaign", {}, 422, "dimension"),
     ("/v1/stats/page", {"id": ""}, 422, "id"),
@@ -358,6 +393,9 @@ def test_api_top(loaded, api, reader):
     ("/v1/top/page", {"limit": 0}, 422, "limit"),
     ("/v1/top/page", {"limit": "many"}, 422, "limit"),
     ("/v1/top/page", {"from": "2024-01-01", "to": "2026-01-01"}, 400, "too large"),
+    ("/v1/reconciliation", {"granularity": "week"}, 422, "granularity"),
+    ("/v1/reconciliation", {"from": "2026-04-18", "to": "2026-04-17"}, 400, "after"),
+    ("/v1/reconciliation", {"from": "soon"}, 400, "ISO-8601"),
 ])
 def test_api_rejects_bad_input_with_a_message(api, path, params, status, words):
     client, _ = api
@@ -398,7 +436,8 @@ def test_health_degraded_when_kafka_is_unreachable(stack):
 def test_openapi_and_docs(api):
     client, _ = api
     spec = client.get("/openapi.json").json()
-    assert {"/v1/stats/{dimension}", "/v1/top/{dimension}", "/v1/health"} <= set(spec["paths"])
+    assert {"/v1/stats/{dimension}", "/v1/top/{dimension}", "/v1/reconciliation",
+            "/v1/health"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
 
 
@@ -421,7 +460,7 @@ def test_api_fuzz_no_server_errors(loaded, api, mode):
               response_schema_conformance]
     generation = schemathesis.GenerationMode(mode)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 3
+    assert len(operations) == 4
     for operation in operations:
         if mode == "negative" and operation.path == "/v1/health":
             continue  # no parameters: nothing invalid to generate
