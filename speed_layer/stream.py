@@ -69,13 +69,8 @@ def kafka_source(spark: SparkSession, cfg: Settings, options: StreamOptions) -> 
 
 def parse_messages(messages: DataFrame) -> DataFrame:
     """Kafka rows -> ``_reason`` (null when valid), the raw fields, and the message itself."""
-    from pyspark.sql import functions as F
 
-    reason, columns = parse_json_events(F.col("value"))
-    return messages.select(
-        "key", "value", "topic", "partition", "offset",
-        reason.alias("_reason"), *(col.alias(name) for name, col in columns.items()),
-    )
+    return parse_json_events(messages, keep=("key", "value", "topic", "partition", "offset"))
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:
