@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,3 +235,44 @@ def test_dead_letters_and_late_events(stack, spark, stream_cfg, tmp_path):
     finally:
         producer.close()
         assert stream.stop() == 0, stream.log.read_text()[-3000:]
+
+
+def test_canonical_fast_path_and_full_json_parse_agree(spark):
+    """Messages in our producers' exact byte form skip the JSON parse; the answer (reason and
+    fields) must be the same as the full parse's for valid and invalid ones alike."""
+    from adstats.events import CANONICAL_JSON_PATTERN, parse_json_events
+
+    good = {"event_id": "e1", "timestamp": 1775210400, "event_type": 1, "banner_id": "banner0",
+            "placement_id": "placement0", "page_id": "page0", "user_id": "user000001"}
+
+    def canonical(**changes) -> bytes:
+        return json.dumps({**good, **changes}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+
+    messages = [
+        canonical(),
+        canonical(user_id="ünïcødé-用户"),
+        canonical(event_type=0, timestamp=946684800),
+        canonical(event_id=""), canonical(user_id="   "), canonical(page_id=" p "),
+        canonical(event_type=2), canonical(event_type=-1),
+        canonical(timestamp=4102444800), canonical(timestamp=946684799),
+        canonical(timestamp=0), canonical(timestamp=10**25),  # overflows a long
+        canonical(banner_id='with "quote"'), canonical(banner_id="tab\there"),
+        canonical(timestamp=1775210400.5), canonical(banner_id=7),
+        json.dumps(good).encode(),  # another producer's spacing: full path, still valid
+        canonical()[:-1] + b',"extra":1}',
+        canonical().replace(b'"timestamp":1775210400', b'"timestamp":01775210400'),
+        canonical() + b" ", canonical() + b"\n", canonical() + b"\r\n",
+        canonical().replace(b'"user000001"', b'"user000001\n"'),
+        b"\xff" + canonical()[1:],
+    ]
+    frame = spark.createDataFrame([(i, m) for i, m in enumerate(messages)], "n int, value binary")
+    fast = {r["n"]: r.asDict() for r in parse_json_events(frame, keep=("n",)).collect()}
+    full = {r["n"]: r.asDict() for r in
+            parse_json_events(frame, keep=("n",), fast_path=False).collect()}
+    assert fast == full
+    assert fast[0]["_reason"] is None and fast[1]["user_id"] == "ünïcødé-用户"
+    assert [fast[i]["_reason"] for i in (3, 6, 8)] == [
+        "empty event_id", "event_type not 0/1", "timestamp out of range"]
+    assert fast[11]["_reason"] is not None
+    assert re.fullmatch(CANONICAL_JSON_PATTERN.replace("\\z", ""), canonical().decode())
