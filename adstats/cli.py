@@ -92,7 +92,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2) if args.json else format_status(status))
         return 0 if status else 3
     options = StreamOptions(
-        watermark=args.watermark, trigger=args.trigger,
+        watermark=args.watermark, trigger=args.trigger, archive_trigger=args.archive_trigger,
         starting_offsets=args.starting_offsets,
         max_offsets_per_trigger=args.max_offsets_per_trigger,
     )
@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("action", nargs="?", choices=["run", "status"], default="run")
     stream.add_argument("--watermark", default="10 minutes",
                         help="how late an event may be and still count (default 10 minutes)")
-    stream.add_argument("--trigger", default="1 second", help="micro-batch interval")
+    stream.add_argument("--trigger", default="1 second",
+                        help="micro-batch interval of the realtime view (1 second)")
+    stream.add_argument("--archive-trigger", default="10 seconds",
+                        help="micro-batch interval of the archive and dead-letter queries "
+                             "(10 seconds)")
     stream.add_argument("--starting-offsets", default="earliest",
                         help="where a NEW checkpoint starts: earliest | latest")
     stream.add_argument("--max-offsets-per-trigger", type=int, default=None)

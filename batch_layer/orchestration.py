@@ -92,7 +92,9 @@ def landing_dir(cfg: Settings | None = None) -> Path:
 
 def stream_status_path(cfg: Settings) -> Path:
     """The speed layer's status file (``{"watermark": "<ISO-8601>", ...}``)."""
-    return cfg.state_dir / "stream" / "status.json"
+    from speed_layer.stream import status_path
+
+    return status_path(cfg)
 
 
 # ------------------------------------------------------------------------------------ hours
@@ -131,10 +133,13 @@ def landing_files_for_hour(hour: datetime, folder: Path) -> list[Path]:
 
 
 def read_watermark(path: Path) -> datetime | None:
-    """The stream's event-time watermark from its status file; None when there is no stream
-    (file absent) or the file is unreadable (e.g. caught mid-write: the next poke reads it)."""
+    """The stream's event-time watermark from its status file, as far as the archive holds
+    it (``archived_watermark``; plain ``watermark`` in status files without it); None when
+    there is no stream (file absent) or the file is unreadable (e.g. caught mid-write: the
+    next poke reads it)."""
     try:
-        raw = json.loads(path.read_text())["watermark"]
+        status = json.loads(path.read_text())
+        raw = status["archived_watermark" if "archived_watermark" in status else "watermark"]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:

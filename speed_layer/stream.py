@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 class StreamOptions:
     watermark: str = "10 minutes"
     trigger: str = "1 second"
+    # The archive feeds the hourly batch layer and the dead letters an operator: neither needs
+    # second-fresh micro-batches, and each of their batches re-reads and re-parses its slice of
+    # the topic on the cores the realtime query needs (and a 1 s archive writes many tiny files).
+    archive_trigger: str = "10 seconds"
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = None
 
@@ -167,11 +171,12 @@ def start_queries(
         "archive": events.drop("event_time").writeStream
         .queryName("adstats-archive").format("parquet").partitionBy("date", "hour")
         .option("checkpointLocation", str(checkpoints / "archive"))
-        .trigger(processingTime=options.trigger).start(str(source_root(cfg.master_dir, "stream"))),
+        .trigger(processingTime=options.archive_trigger)
+        .start(str(source_root(cfg.master_dir, "stream"))),
         "deadletter": rejected_messages(parsed).writeStream
         .queryName("adstats-deadletter").foreachBatch(_send_dead_letters(cfg))
         .option("checkpointLocation", str(checkpoints / "deadletter"))
-        .trigger(processingTime=options.trigger).start(),
+        .trigger(processingTime=options.archive_trigger).start(),
     }
     return queries
 
@@ -186,6 +191,7 @@ class StatusWriter:
             self.late = json.loads(self.late_file.read_text())
         except (OSError, ValueError):
             self.late = {}
+        self.archived_watermark: str | None = None
 
     def write(self) -> dict:
         realtime = self.queries["realtime"].lastProgress
@@ -212,20 +218,59 @@ class StatusWriter:
                     self.late[key], changed = dropped, True
             if changed:
                 _atomic_write(self.late_file, json.dumps(self.late))
+            status["realtime_batch_ms"] = batch_durations(self.queries["realtime"].recentProgress)
             source = (realtime.get("sources") or [{}])[0]
             metrics = source.get("metrics") or {}
             lag = metrics.get("maxOffsetsBehindLatest")
+            watermark = (realtime.get("eventTime") or {}).get("watermark")
+            if _covers(self.queries["archive"].lastProgress, realtime):
+                self.archived_watermark = watermark
             status.update({
                 "last_batch_time": realtime.get("timestamp"),
                 "input_rate": realtime.get("inputRowsPerSecond"),
                 "processing_rate": realtime.get("processedRowsPerSecond"),
                 "kafka_lag": _offsets_behind(source) if lag is None else int(float(lag)),
-                "watermark": (realtime.get("eventTime") or {}).get("watermark"),
+                "watermark": watermark,
+                # What the batch layer waits for: the watermark, but only once the archive
+                # holds every message the realtime query has read (it runs on its own trigger
+                # and may lag behind, e.g. after a restart).
+                "archived_watermark": self.archived_watermark,
             })
         status["late_count"] = sum(self.late.values())
         status["dlq_count"] = dead_letter_total(self.cfg)
         _atomic_write(status_path(self.cfg), json.dumps(status, indent=2))
         return status
+
+
+def batch_durations(progresses: list[dict]) -> dict[str, float]:
+    """Median milliseconds per phase (Spark's ``durationMs``) over the recent micro-batches
+    that read input: where a realtime batch spends its time (``addBatch`` = the aggregation,
+    state store and sink; ``walCommit``/``commitOffsets`` = the checkpoint)."""
+    from statistics import median
+
+    busy = [p.get("durationMs") or {} for p in progresses if p.get("numInputRows")]
+    phases = sorted({k for d in busy for k in d})
+    return {k: float(median(d.get(k, 0) for d in busy)) for k in phases}
+
+
+def _end_offsets(progress: dict | None) -> dict | None:
+    source = ((progress or {}).get("sources") or [{}])[0]
+    end = source.get("endOffset")
+    try:
+        return json.loads(end) if isinstance(end, str) else end
+    except ValueError:
+        return None
+
+
+def _covers(archive: dict | None, realtime: dict | None) -> bool:
+    """Whether the archive query has committed every Kafka offset the realtime query has."""
+    done, needed = _end_offsets(archive), _end_offsets(realtime)
+    if not done or not needed:
+        return False
+    try:
+        return all(int(done[t][p]) >= int(o) for t in needed for p, o in needed[t].items())
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _offsets_behind(source: dict) -> int | None:
@@ -269,14 +314,15 @@ def run_stream(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stream_dir(cfg).mkdir(parents=True, exist_ok=True)
-    spark = spark_session("adstats-stream", cfg)
+    spark = spark_session("adstats-stream", cfg, streaming=True)
     with writer_session(cfg) as session:
         holder = {"session": session}
         queries = start_queries(spark, cfg, options, holder)
         status = StatusWriter(cfg, queries)
         if not quiet:
             print(f"stream: reading {cfg.topic} at {cfg.kafka_bootstrap}; watermark "
-                  f"{options.watermark}, trigger {options.trigger}; status in "
+                  f"{options.watermark}, trigger {options.trigger} (archive and dead "
+                  f"letters {options.archive_trigger}); status in "
                   f"{status_path(cfg)}", file=sys.stderr, flush=True)
         failed = None
         try:

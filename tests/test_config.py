@@ -60,3 +60,16 @@ def test_spark_conf_has_connector_jars_and_utc(monkeypatch):
     assert "spark-sql-kafka-0-10_2.13" in conf["spark.jars"]
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.executor.memory"] == "3g"
+
+
+def test_stream_session_uses_rocksdb_state_and_its_own_partitions(monkeypatch):
+    from adstats.spark import STREAM_PARTITIONS_ENV, spark_conf
+
+    monkeypatch.delenv(STREAM_PARTITIONS_ENV, raising=False)
+    batch, stream = spark_conf(settings(), "b"), spark_conf(settings(), "s", streaming=True)
+    assert "stateStore.providerClass" not in " ".join(batch)
+    assert stream["spark.sql.streaming.stateStore.providerClass"].endswith(
+        "RocksDBStateStoreProvider")
+    assert stream["spark.sql.shuffle.partitions"] == "2"
+    monkeypatch.setenv(STREAM_PARTITIONS_ENV, "16")
+    assert spark_conf(settings(), "s", streaming=True)["spark.sql.shuffle.partitions"] == "16"

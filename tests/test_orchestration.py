@@ -239,3 +239,20 @@ def test_runner_registers_the_airflow_subcommand():
     airflow_runner.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["airflow", "--port", "18081"])
     assert args.port == 18081 and not args.standalone and callable(args.func)
+
+
+def test_archive_behind_the_realtime_query_holds_the_watermark_back(tmp_path):
+    from speed_layer.stream import _covers
+
+    def progress(offsets: dict) -> dict:
+        return {"sources": [{"endOffset": json.dumps({"t": offsets})}]}
+
+    assert _covers(progress({"0": 10, "1": 5}), progress({"0": 10, "1": 5}))
+    assert not _covers(progress({"0": 10, "1": 4}), progress({"0": 10, "1": 5}))
+    assert not _covers(None, progress({"0": 1}))
+    path = tmp_path / "status.json"
+    path.write_text(json.dumps({"watermark": "2026-03-02T06:20:00Z", "archived_watermark": None}))
+    assert orch.read_watermark(path) is None
+    path.write_text(json.dumps({"watermark": "2026-03-02T06:20:00Z",
+                                "archived_watermark": "2026-03-02T06:05:00Z"}))
+    assert orch.read_watermark(path).isoformat().startswith("2026-03-02T06:05")
