@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -106,7 +107,7 @@ def load_manifest(cfg: Settings) -> dict[tuple[str, str], dict]:
 
 def read_header(path: Path) -> list[str] | str:
     """The file's column names, or the reason the header is unusable."""
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
         first = fh.readline().strip()
     if not first:
         return "empty file (no header)"
@@ -132,7 +133,10 @@ def read_landing(spark: SparkSession, files: list[Path], columns: list[str]) -> 
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
         .csv([str(f) for f in files])
+        # The name makes derived event ids (the same as `adstats produce` gives); the full
+        # path keys the per-file counts, as two folders may hold files of the same name.
         .withColumn("_file", F.col("_metadata.file_name"))
+        .withColumn("_path", F.col("_metadata.file_path"))
     )
     # Spark reads an empty field as null; rows with absent fields are already caught as
     # corrupt, so a null here is an empty value and is validated as "".
@@ -148,7 +152,7 @@ def read_landing(spark: SparkSession, files: list[Path], columns: list[str]) -> 
             Window.partitionBy("_file", *CSV_FIELDS).orderBy("timestamp")
         ) - 1
         raw = raw.withColumn(EVENT_ID, derived_event_id(F.col("_file"), cols, occurrence))
-    return raw.select(*FIELDS, CORRUPT, "_file", "_reason")
+    return raw.select(*FIELDS, CORRUPT, "_file", "_path", "_reason")
 
 
 def typed_valid_events(staged: DataFrame, keep: Iterable[str] = ()) -> DataFrame:
@@ -246,12 +250,14 @@ def ingest(
         # 2. Counts per file and event hour (reads two narrow columns of the staging files).
         per_file: dict[tuple[str, bool], int] = {}
         hours: set[tuple[str, int]] = set()
-        for r in typed_valid_events(good, keep=("_file",)).groupBy("_file", "date", "hour") \
+        for r in typed_valid_events(good, keep=("_path",)).groupBy("_path", "date", "hour") \
                 .count().collect():
-            per_file[(r["_file"], True)] = per_file.get((r["_file"], True), 0) + r["count"]
+            key = (local_path(r["_path"]), True)
+            per_file[key] = per_file.get(key, 0) + r["count"]
             hours.add((r["date"], r["hour"]))
-        for r in bad.groupBy("_file", "_reason").count().collect():
-            per_file[(r["_file"], False)] = per_file.get((r["_file"], False), 0) + r["count"]
+        for r in bad.groupBy("_path", "_reason").count().collect():
+            key = (local_path(r["_path"]), False)
+            per_file[key] = per_file.get(key, 0) + r["count"]
             report.quarantined[r["_reason"]] = report.quarantined.get(r["_reason"], 0) \
                 + r["count"]
 
@@ -316,6 +322,13 @@ def _publish(new_root: Path, master_files: Path) -> None:
         part.rename(target / part.name)
 
 
+def local_path(uri: str) -> str:
+    """Spark's ``_metadata.file_path`` (``file:/a/b%20c.csv``) -> ``/a/b c.csv``."""
+    from urllib.parse import unquote, urlparse
+
+    return os.path.abspath(unquote(urlparse(uri).path))
+
+
 def _record_manifest(
     cfg: Settings, run_id: str, groups: dict, digests: dict[Path, str], per_file: dict
 ) -> None:
@@ -325,11 +338,12 @@ def _record_manifest(
     with path.open("a") as fh:
         for group in groups.values():
             for f in group:
+                key = os.path.abspath(f)
                 entry = {
                     "file": f.name, "sha256": digests[f], "path": str(f), "run_id": run_id,
-                    "rows": per_file.get((f.name, True), 0) + per_file.get((f.name, False), 0),
-                    "valid": per_file.get((f.name, True), 0),
-                    "quarantined": per_file.get((f.name, False), 0),
+                    "rows": per_file.get((key, True), 0) + per_file.get((key, False), 0),
+                    "valid": per_file.get((key, True), 0),
+                    "quarantined": per_file.get((key, False), 0),
                     "ingested_at": now,
                 }
                 fh.write(json.dumps(entry) + "\n")

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import islice
@@ -84,6 +85,31 @@ def plan_range(start: datetime, end: datetime) -> tuple[list[datetime], list[dat
     return hours, days
 
 
+@contextmanager
+def _released(spark: SparkSession) -> Iterator[None]:
+    """Drop what the job cached (hourly cells, the user numbering's checkpoint) when it ends:
+    a long-lived session (Airflow worker, the demo, tests) runs many jobs."""
+    try:
+        yield
+    finally:
+        spark.catalog.clearCache()
+
+
+def refuse_unfinished(hours: Iterable[datetime], days: Iterable[date],
+                      now: datetime | None = None) -> None:
+    """An hour or day that has not ended yet cannot be exact: recording it would show a
+    premature "final" number (and hide the speed layer's) until someone re-ran it."""
+    now = now or datetime.now(UTC)
+    ends = [(f"hour {h:%Y-%m-%dT%H}", h + timedelta(hours=1)) for h in hours]
+    ends += [(f"day {d}", datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1))
+             for d in days]
+    unfinished = [name for name, end in ends if end > now]
+    if unfinished:
+        raise ValueError(f"{unfinished[0]} has not ended yet (now {now:%Y-%m-%dT%H:%M}Z); "
+                         f"{len(unfinished)} unfinished period(s) requested — the batch layer "
+                         "only recomputes finished periods")
+
+
 def _chunks(rows: Iterator, size: int) -> Iterator[list]:
     while chunk := list(islice(rows, size)):
         yield chunk
@@ -106,6 +132,7 @@ def run_batch(
 
     cfg = cfg or settings()
     hours, days = sorted(set(hours)), sorted(set(days))
+    refuse_unfinished(hours, days)
     began = time.monotonic()
     run_id = f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     report = BatchReport(run_id, hours, days)
@@ -118,7 +145,7 @@ def run_batch(
 
     counts: dict[tuple[str, datetime], int] = defaultdict(int)
     rows_per_period: dict[tuple[str, datetime], int] = defaultdict(int)
-    with writer_session(cfg) as session:
+    with writer_session(cfg) as session, _released(spark):
         if events is not None:
             stats = exact_stats(events, granularities)
             hour_starts = [h.replace(tzinfo=None) for h in hours]  # Spark gives naive UTC

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from batch_layer.ingest import ingest, load_manifest
+from batch_layer.ingest import ingest, load_manifest, manifest_path
 from batch_layer.jobs import parse_hour, plan_range, run_batch
 from serving_layer.cassandra_session import writer_session
 from tests.oracle import oracle_event_count, oracle_stats
@@ -73,6 +74,11 @@ def test_ingest_reports_and_places_by_timestamp(ingested, landing):
     # Late events sit in the hour of their own timestamp, before the first file's hour.
     assert any(h < "2026-02-01T10" for h in report.hours)
     assert report.hours["2026-02-01T13"] == 2  # the two edge events at 13:00:00 and 13:59:59
+    # Per-file counts are keyed by path: ids/ and original/ both hold a 10:00 file of one name.
+    assert len({p.name for p in landing}) < len(landing)
+    manifest = [json.loads(line) for line in manifest_path(cfg).read_text().splitlines()]
+    assert {os.path.abspath(e["path"]): e["rows"] for e in manifest} == {
+        os.path.abspath(p): sum(1 for _ in p.open()) - 1 for p in landing}
 
 
 def test_batch_range_equals_duckdb_oracle_row_for_row(ingested, landing, spark):
@@ -176,3 +182,26 @@ def test_each_kind_of_bad_row_is_quarantined_with_reason(stack, spark, tmp_path)
         "", "f-1", "f-2", "f-3", "f-4", "f-5", "f-6", "f-7"]
     assert all(r["_reason"] and r["_file"] == "bad.csv" for r in rows)
     assert (Path(report.quarantine_dir) / "files" / "noheader.csv.reason").exists()
+
+
+def test_header_with_byte_order_mark_keeps_event_id(tmp_path):
+    # Spreadsheet exports start with a BOM; `adstats produce` reads it as utf-8-sig too.
+    from batch_layer.ingest import read_header
+
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffevent_id,timestamp,event_type,banner_id,placement_id,page_id,user_id\n"
+                     .encode())
+    assert read_header(path)[0] == "event_id"
+
+
+def test_unfinished_periods_are_refused():
+    from datetime import timedelta
+
+    from batch_layer.jobs import refuse_unfinished
+
+    now = datetime(2026, 2, 1, 13, 30, tzinfo=UTC)
+    refuse_unfinished([now.replace(minute=0) - timedelta(hours=1)], [], now=now)
+    with pytest.raises(ValueError, match="hour 2026-02-01T13 has not ended"):
+        refuse_unfinished([now.replace(minute=0)], [], now=now)
+    with pytest.raises(ValueError, match="day 2026-02-01 has not ended"):
+        refuse_unfinished([], [now.date()], now=now)
