@@ -55,10 +55,10 @@ def _pid_file(home: Path, name: str) -> Path:
 
 
 def _start_child(home: Path, name: str, args: list[str]) -> subprocess.Popen:
-    log = (home / f"{name}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "adstats.cli", *args], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=os.environ.copy())
+    with (home / f"{name}.log").open("ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "adstats.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=os.environ.copy())
     _pid_file(home, name).write_text(f"{proc.pid}\n")
     return proc
 
@@ -398,3 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stop_children(demo_home(settings()))
         return 130
+    except Exception as exc:  # noqa: BLE001 - stop what the demo started, then say what failed
+        stop_children(demo_home(settings()))
+        home = demo_home(settings())
+        print(f"\ndemo failed: {exc}\n(the stream and API it started are stopped; the stack "
+              f"is still up: `make demo-down` stops it; logs in {home})", file=sys.stderr)
+        if os.environ.get("ADSTATS_DEBUG"):
+            raise
+        return 1

@@ -7,6 +7,7 @@ name carries a hash of the pom, so editing a pom resolves again and never mixes 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -43,6 +44,17 @@ def resolve(cfg: Settings, component: str, quiet: bool = False) -> Path:
         return target
     if shutil.which("mvn") is None:
         raise JarResolutionError("Maven (mvn) is not on PATH; it is needed to resolve the jars")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes resolving at once (a test session and the demo) would share the staging
+    # folder: the second waits for the first, then finds the jars in place.
+    with target.with_name(target.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / _COMPLETE).exists():
+            return target
+        return _resolve_locked(component, target, quiet)
+
+
+def _resolve_locked(component: str, target: Path, quiet: bool) -> Path:
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

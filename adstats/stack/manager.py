@@ -113,18 +113,28 @@ def stop(service: Service, grace: float = 60) -> bool:
         service.pid_file.unlink(missing_ok=True)
         return False
     _say(f"{service.name}: stopping pid {pid} ...")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+    _signal(pid, signal.SIGTERM)
+    deadline, killed = time.monotonic() + grace, False
     while running_pid(service) is not None:
         if time.monotonic() > deadline:
+            if killed:
+                raise RuntimeError(f"{service.name}: pid {pid} survived SIGKILL for 30 s")
             _say(f"{service.name}: no exit after {grace:.0f} s, sending KILL")
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
+            _signal(pid, signal.SIGKILL)
+            deadline, killed = time.monotonic() + 30, True
         time.sleep(0.2)
     _reap(pid)
     service.pid_file.unlink(missing_ok=True)
     _say(f"{service.name}: stopped")
     return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal our recorded pid; it may have exited since we looked, which is fine."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _reap(pid: int, timeout: float = 10) -> None:
@@ -153,7 +163,14 @@ def up(cfg: Settings, timeout: float = 180) -> dict[str, float]:
 
 
 def down(cfg: Settings) -> None:
-    stopped = [stop(s) for s in reversed(all_services(cfg))]
+    stopped, errors = [], []
+    for service in reversed(all_services(cfg)):  # one failure must not leave the others up
+        try:
+            stopped.append(stop(service))
+        except (OSError, RuntimeError) as exc:
+            errors.append(f"{service.name}: {exc}")
+    if errors:
+        raise RuntimeError("stack down: " + "; ".join(errors))
     if not any(stopped):
         _say("stack: nothing was running")
 
