@@ -36,6 +36,7 @@ from adstats.config import Settings, settings
 from serving_layer import merge
 from serving_layer.merge import DAY, HOUR, QueryError, StatsReader
 from serving_layer.sketches import CorruptSketch
+from speed_layer.stream import status_path as stream_status_path
 
 API_VERSION = "1"
 KAFKA_TIMEOUT_S = 2.0
@@ -275,6 +276,14 @@ def read_stream_status(path: Path) -> StreamStatus | None:
 # --------------------------------------------------------------------------------------------
 
 
+
+# The range parameters of the hour-or-day endpoints (stats, reconciliation), declared once.
+PeriodFrom = Annotated[TimeStr | None, Query(
+    alias="from", description=f"range start, inclusive. {_TIME_DOC}. Default: to - 24 h "
+    "(hour) or to - 7 days (day)")]
+PeriodTo = Annotated[TimeStr | None, Query(
+    description=f"range end, exclusive. {_TIME_DOC}. Default: the next hour/day boundary")]
+
 def create_app(cfg: Settings | None = None) -> FastAPI:
     """The app; it connects to Cassandra (reader role) when it starts (lifespan)."""
 
@@ -331,12 +340,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             max_length=merge.MAX_IDS, description="ids to return (repeat); none = every id "
             "with data")] = None,
         granularity: Granularity = Granularity.hour,
-        from_: Annotated[TimeStr | None, Query(
-            alias="from", description=f"range start, inclusive. {_TIME_DOC}. Default: to - 24 h "
-            "(hour) or to - 7 days (day)")] = None,
-        to: Annotated[TimeStr | None, Query(
-            description=f"range end, exclusive. {_TIME_DOC}. Default: the next hour/day "
-            "boundary")] = None,
+        from_: PeriodFrom = None,
+        to: PeriodTo = None,
     ) -> Response:
         """Rows of periods STARTING in [from, to). Hourly ranges up to 31 days, daily up to
         366 days. A batch row wins over a speed row once the batch layer has recorded its
@@ -380,12 +385,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     def get_reconciliation(
         reader: Annotated[StatsReader, Depends(get_reader)],
         granularity: Granularity = Granularity.hour,
-        from_: Annotated[TimeStr | None, Query(
-            alias="from", description=f"range start, inclusive. {_TIME_DOC}. Default: to - 24 h "
-            "(hour) or to - 7 days (day)")] = None,
-        to: Annotated[TimeStr | None, Query(
-            description=f"range end, exclusive. {_TIME_DOC}. Default: the next hour/day "
-            "boundary")] = None,
+        from_: PeriodFrom = None,
+        to: PeriodTo = None,
     ) -> Response:
         """How far the fresh numbers were from the exact ones, per period the batch layer has
         reconciled (the Airflow DAGs' last step): count differences are late or lost events,
@@ -418,7 +419,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         except FutureTimeout:
             kafka_health = Component(ok=False, detail=f"{cfg.kafka_bootstrap}: no answer within "
                                      f"{KAFKA_TIMEOUT_S + 1.5:.1f} s")
-        status_file = cfg.state_dir / "stream" / "status.json"
+        status_file = stream_status_path(cfg)
         health = Health(
             status="down" if not cassandra.ok else "ok" if kafka_health.ok else "degraded",
             cassandra=cassandra, kafka=kafka_health, latest_exact_hour=latest_hour,
