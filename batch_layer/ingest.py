@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from adstats.config import Settings, settings
 from adstats.events import CSV_FIELDS, EVENT_ID, FIELDS, derived_event_id, rejection_reason
-from batch_layer.master import partition_columns, read_source, source_root
+from batch_layer.master import master_lock, partition_columns, read_source, source_root
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -192,9 +192,16 @@ def ingest(
     quiet: bool = False,
 ) -> IngestReport:
     """Load landing CSV files into the master dataset; see the module docstring."""
+    cfg = cfg or settings()
+    with master_lock(cfg.master_dir):
+        return _ingest(paths, spark, cfg, quiet)
+
+
+def _ingest(
+    paths: Iterable[str | Path], spark: SparkSession | None, cfg: Settings, quiet: bool
+) -> IngestReport:
     from pyspark.sql import functions as F
 
-    cfg = cfg or settings()
     began = time.monotonic()
     run_id = f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     report = IngestReport(run_id=run_id)

@@ -22,7 +22,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from adstats.config import Settings, settings
-from batch_layer.master import hours_of_day, read_events
+from batch_layer.master import hours_of_day, master_lock, read_events
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -123,6 +123,15 @@ def run_batch(
     quiet: bool = False,
 ) -> BatchReport:
     """Recompute exact stats of the given hours and days and upsert them into the batch views."""
+    cfg = cfg or settings()
+    with master_lock(cfg.master_dir):
+        return _run_batch(hours, days, spark, cfg, quiet)
+
+
+def _run_batch(
+    hours: Iterable[datetime], days: Iterable[date], spark: SparkSession | None, cfg: Settings,
+    quiet: bool,
+) -> BatchReport:
     from pyspark.sql import functions as F
 
     from adstats.spark import spark_session
@@ -130,7 +139,6 @@ def run_batch(
     from serving_layer.cassandra_session import writer_session
     from serving_layer.views import mark_periods_done, write_batch_rows
 
-    cfg = cfg or settings()
     hours, days = sorted(set(hours)), sorted(set(days))
     refuse_unfinished(hours, days)
     began = time.monotonic()

@@ -12,7 +12,8 @@ by ingest. The batch layer reads both and removes events that came in through bo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,22 @@ def source_root(master: Path, source: str) -> Path:
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
     return master / source
+
+
+@contextmanager
+def master_lock(master: Path) -> Iterator[None]:
+    """One ingest or batch run at a time over the master dataset (Airflow runs several hours at
+    once): an ingest that adds late events to an hour whose recompute is running would
+    otherwise let that hour be recorded exact without them, and two ingests could each miss
+    the other's copy of an event. A ``flock`` on ``<master>/_lock``: processes on one machine
+    or on a shared filesystem that supports locks. The speed layer's archive does not take it
+    (its own folder, its own exactly-once protocol)."""
+    import fcntl
+
+    master.mkdir(parents=True, exist_ok=True)
+    with (master / "_lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _has_data(folder: Path) -> bool:

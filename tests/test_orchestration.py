@@ -256,3 +256,16 @@ def test_archive_behind_the_realtime_query_holds_the_watermark_back(tmp_path):
     path.write_text(json.dumps({"watermark": "2026-03-02T06:20:00Z",
                                 "archived_watermark": "2026-03-02T06:05:00Z"}))
     assert orch.read_watermark(path).isoformat().startswith("2026-03-02T06:05")
+
+
+def test_master_lock_excludes_a_second_writer(tmp_path):
+    import fcntl
+
+    from batch_layer.master import master_lock
+
+    with master_lock(tmp_path / "master"):
+        with (tmp_path / "master" / "_lock").open("a") as other:  # another ingest or batch run
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with (tmp_path / "master" / "_lock").open("a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
