@@ -399,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_children(demo_home(settings()))
         return 130
     except Exception as exc:  # noqa: BLE001 - stop what the demo started, then say what failed
-        stop_children(demo_home(settings()))
         home = demo_home(settings())
+        stop_children(home)
         print(f"\ndemo failed: {exc}\n(the stream and API it started are stopped; the stack "
               f"is still up: `make demo-down` stops it; logs in {home})", file=sys.stderr)
         if os.environ.get("ADSTATS_DEBUG"):

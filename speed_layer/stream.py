@@ -138,9 +138,8 @@ def _send_dead_letters(cfg: Settings):
                 (batch.drop("reason").write.format("kafka")
                  .option("kafka.bootstrap.servers", cfg.kafka_bootstrap)
                  .option("topic", cfg.dlq_topic).save())
-            # One file per micro-batch id that had dead letters: a replayed batch (same
-            # offsets, same messages) overwrites its own count; clean batches write nothing.
-            if counts:
+                # One file per micro-batch id that had dead letters: a replayed batch (same
+                # offsets, same messages) overwrites its own count; clean batches write nothing.
                 _atomic_write(counts_dir / f"{batch_id}.json", json.dumps(counts))
         finally:
             batch.unpersist()
@@ -209,8 +208,9 @@ class StatusWriter:
             # the last one: several micro-batches may finish between two writes. Keyed by batch
             # id, so a batch seen twice or replayed after a restart is not counted twice; only
             # batches that dropped rows are kept, so the file stays small.
+            recent = self.queries["realtime"].recentProgress  # one py4j round trip, used twice
             changed = False
-            for progress in self.queries["realtime"].recentProgress:
+            for progress in recent:
                 dropped = sum(op.get("numRowsDroppedByWatermark", 0)
                               for op in progress.get("stateOperators", []))
                 key = str(progress["batchId"])
@@ -218,8 +218,8 @@ class StatusWriter:
                     self.late[key], changed = dropped, True
             if changed:
                 _atomic_write(self.late_file, json.dumps(self.late))
-            status["realtime_batch_ms"] = batch_durations(self.queries["realtime"].recentProgress)
-            source = (realtime.get("sources") or [{}])[0]
+            status["realtime_batch_ms"] = batch_durations(recent)
+            source = _source(realtime)
             metrics = source.get("metrics") or {}
             lag = metrics.get("maxOffsetsBehindLatest")
             watermark = (realtime.get("eventTime") or {}).get("watermark")
@@ -253,18 +253,25 @@ def batch_durations(progresses: list[dict]) -> dict[str, float]:
     return {k: float(median(d.get(k, 0) for d in busy)) for k in phases}
 
 
-def _end_offsets(progress: dict | None) -> dict | None:
-    source = ((progress or {}).get("sources") or [{}])[0]
-    end = source.get("endOffset")
+def _source(progress: dict | None) -> dict:
+    """The (only) Kafka source of a query's progress."""
+    return ((progress or {}).get("sources") or [{}])[0]
+
+
+def _offsets(source: dict, key: str) -> dict | None:
+    """``{topic: {partition: offset}}`` of a source's ``startOffset``/``endOffset``/
+    ``latestOffset`` (Spark gives a JSON string or, after a restart, a dict)."""
+    value = source.get(key)
     try:
-        return json.loads(end) if isinstance(end, str) else end
+        return json.loads(value) if isinstance(value, str) else value
     except ValueError:
         return None
 
 
 def _covers(archive: dict | None, realtime: dict | None) -> bool:
     """Whether the archive query has committed every Kafka offset the realtime query has."""
-    done, needed = _end_offsets(archive), _end_offsets(realtime)
+    done = _offsets(_source(archive), "endOffset")
+    needed = _offsets(_source(realtime), "endOffset")
     if not done or not needed:
         return False
     try:
@@ -275,11 +282,8 @@ def _covers(archive: dict | None, realtime: dict | None) -> bool:
 
 def _offsets_behind(source: dict) -> int | None:
     """Messages between the last processed offsets and the latest ones, if both are known."""
+    end, latest = _offsets(source, "endOffset"), _offsets(source, "latestOffset")
     try:
-        end = json.loads(source["endOffset"]) if isinstance(source.get("endOffset"), str) \
-            else source.get("endOffset")
-        latest = json.loads(source["latestOffset"]) if isinstance(
-            source.get("latestOffset"), str) else source.get("latestOffset")
         return sum(max(0, latest[t][p] - end[t][p]) for t in latest for p in latest[t])
     except (KeyError, TypeError, ValueError):
         return None
