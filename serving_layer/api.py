@@ -151,6 +151,10 @@ class ReconciliationRow(BaseModel):
     batch_run_id: str | None
     run_id: str | None = Field(description="the Airflow run that reconciled it")
     checked_at: datetime | None
+    late_events: int | None = Field(None, description="events the speed layer itself counted "
+                                    "as late (dropped from its view, archived): read live, so "
+                                    "later than the reconcile step; -(views_diff + "
+                                    "clicks_diff) when nothing else differs")
 
 
 class ReconciliationResponse(BaseModel):
@@ -179,6 +183,10 @@ class StreamStatus(BaseModel):
     watermark: str | None = None
     dlq_count: int | None = None
     late_count: int | None = None
+    late_by_hour: dict[str, int] | None = Field(None, description="late events per event hour "
+                                                "(ISO-8601), counted live")
+    late_unattributed: int | None = Field(None, description="late events whose hour is not "
+                                          "known (yet)")
     file_age_seconds: float | None = Field(None, description="seconds since the file changed")
 
 
@@ -269,8 +277,15 @@ def read_stream_status(path: Path) -> StreamStatus | None:
     text = {k: None if raw.get(k) is None else str(raw[k])
             for k in ("updated_at", "last_batch_time", "watermark")}
     floats = {k: _number(raw.get(k), float) for k in ("input_rate", "processing_rate")}
-    ints = {k: _number(raw.get(k), int) for k in ("kafka_lag", "dlq_count", "late_count")}
-    return StreamStatus(**text, **floats, **ints, file_age_seconds=round(age, 1))
+    ints = {k: _number(raw.get(k), int)
+            for k in ("kafka_lag", "dlq_count", "late_count", "late_unattributed")}
+    by_hour = raw.get("late_by_hour")
+    if isinstance(by_hour, dict):
+        by_hour = {str(k): n for k, v in by_hour.items() if (n := _number(v, int)) is not None}
+    else:
+        by_hour = None
+    return StreamStatus(**text, **floats, **ints, late_by_hour=by_hour,
+                        file_age_seconds=round(age, 1))
 
 
 # --------------------------------------------------------------------------------------------

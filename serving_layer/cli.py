@@ -137,7 +137,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 _RECONCILIATION_COLUMNS = ["period_start", "batch_events", "batch_views", "speed_views",
                            "views_diff", "batch_clicks", "speed_clicks", "clicks_diff",
-                           "users_exact", "users_estimate", "users_rel_error"]
+                           "late_events", "users_exact", "users_estimate", "users_rel_error"]
 
 
 def _cmd_reconciliation(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from adstats.stats import DIMENSIONS, GRANULARITIES, ctr
 from serving_layer import sketches
 from serving_layer.views import (
     BATCH_TABLE,
+    LATE_TABLE,
     PERIODS_TABLE,
     RECONCILIATION_TABLE,
     SPEED_TABLE,
@@ -346,6 +347,9 @@ class StatsReader:
         self._reconciliation = prepare(
             f"SELECT * FROM {RECONCILIATION_TABLE} WHERE granularity=? AND bucket=? "
             "AND period_start>=? AND period_start<?")
+        self._late = prepare(
+            f"SELECT period_start, events FROM {LATE_TABLE} WHERE bucket=? "
+            "AND period_start>=? AND period_start<?")
         self._recorded: dict[tuple[str, datetime], float] = {}  # (granularity, start) -> expiry
 
     def _known_recorded(self, granularity: str, starts: list[datetime], now: float) -> bool:
@@ -619,8 +623,23 @@ class StatsReader:
         buckets = sorted({bucket_of(granularity, p) for p in periods(granularity, start, end)})
         results = self._fan_out([(self._reconciliation, (granularity, b, start, end))
                                  for b in buckets])
-        return sorted((reconciliation_record(r) for rows in results for r in rows),
-                      key=lambda r: r["period_start"])
+        records = sorted((reconciliation_record(r) for rows in results for r in rows),
+                         key=lambda r: r["period_start"])
+        late = self.late_events(granularity, start, end)
+        for record in records:
+            record["late_events"] = late.get(record["period_start"], 0)
+        return records
+
+    def late_events(self, granularity: str, start: datetime, end: datetime) -> dict[str, int]:
+        """Late events the speed layer counted (dropped from its realtime view), per period
+        starting in ``[start, end)``: ISO-8601 period start -> events."""
+        step = HOUR if granularity == "hour" else DAY
+        days = sorted({bucket_of("hour", p) for p in periods("day", floor_to(start, DAY), end)})
+        results = self._fan_out([(self._late, (d, start, end)) for d in days])
+        totals: dict[str, int] = defaultdict(int)
+        for row in (r for rows in results for r in rows):
+            totals[iso(floor_to(_utc(row.period_start), step))] += row.events
+        return dict(totals)
 
     # -- health
 
@@ -650,7 +669,7 @@ RECONCILIATION_FIELDS: tuple[str, ...] = (
     "granularity", "period_start", "batch_events", "batch_views", "batch_clicks", "speed_rows",
     "speed_views", "speed_clicks", "views_diff", "clicks_diff", "views_rel_diff",
     "clicks_rel_diff", "users_exact", "users_estimate", "users_rel_error", "batch_run_id",
-    "run_id", "checked_at")
+    "run_id", "checked_at", "late_events")
 
 
 def reconciliation_record(row: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 BATCH_TABLE = "batch_stats"
 SPEED_TABLE = "speed_stats"
 PERIODS_TABLE = "batch_periods"
+LATE_TABLE = "speed_late_events"
 _CONCURRENCY = 64
 
 
@@ -62,6 +63,18 @@ def write_speed_rows(session: Session, rows: Iterable[Mapping]) -> int:
         " views, clicks, distinct_users, users_sketch, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
     )
     return _run(session, cql, (_stats_params(r, now) for r in rows))
+
+
+def write_late_events(session: Session, batch_key: str, hours: Mapping[str, int]) -> int:
+    """Upsert one micro-batch's late events per hour (ISO-8601 hour -> events)."""
+    now = datetime.now(UTC)
+    cql = (f"INSERT INTO {LATE_TABLE} (bucket, period_start, batch_key, events, counted_at)"
+           " VALUES (?,?,?,?,?)")
+    params = []
+    for hour, events in hours.items():
+        start = as_utc(datetime.fromisoformat(hour))
+        params.append((bucket_of("hour", start), start, batch_key, int(events), now))
+    return _run(session, cql, params)
 
 
 def mark_periods_done(session: Session, periods: Iterable[Mapping]) -> int:

@@ -12,7 +12,8 @@ Three queries read topic ``ad-events``, each with its own checkpoint under
               at-least-once) + per-micro-batch counts by reason
 
 Events later than the watermark are dropped by the realtime query (Spark counts them:
-``numRowsDroppedByWatermark``) but archived, so the batch layer repairs them.
+``numRowsDroppedByWatermark``) but archived, so the batch layer repairs them; ``late.py``
+splits each batch's count by event hour.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from adstats.config import Settings, settings
 from adstats.events import EVENT_ID, parse_json_events, typed_event_columns
+from speed_layer.late import LateCounter
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -183,13 +185,9 @@ def start_queries(
 class StatusWriter:
     """Persists the queries' progress to status.json so another process can read it."""
 
-    def __init__(self, cfg: Settings, queries: dict[str, StreamingQuery]) -> None:
-        self.cfg, self.queries = cfg, queries
-        self.late_file = stream_dir(cfg) / "late-by-batch.json"
-        try:
-            self.late = json.loads(self.late_file.read_text())
-        except (OSError, ValueError):
-            self.late = {}
+    def __init__(self, cfg: Settings, queries: dict[str, StreamingQuery],
+                 late: LateCounter | None = None) -> None:
+        self.cfg, self.queries, self.late = cfg, queries, late
         self.archived_watermark: str | None = None
 
     def write(self) -> dict:
@@ -205,19 +203,10 @@ class StatusWriter:
             }
         if realtime:
             # Every progress Spark still holds (recentProgress: the last 100 batches), not just
-            # the last one: several micro-batches may finish between two writes. Keyed by batch
-            # id, so a batch seen twice or replayed after a restart is not counted twice; only
-            # batches that dropped rows are kept, so the file stays small.
+            # the last one: several micro-batches may finish between two writes.
             recent = self.queries["realtime"].recentProgress  # one py4j round trip, used twice
-            changed = False
-            for progress in recent:
-                dropped = sum(op.get("numRowsDroppedByWatermark", 0)
-                              for op in progress.get("stateOperators", []))
-                key = str(progress["batchId"])
-                if dropped > self.late.get(key, 0):
-                    self.late[key], changed = dropped, True
-            if changed:
-                _atomic_write(self.late_file, json.dumps(self.late))
+            if self.late is not None:
+                self.late.observe(str(self.queries["realtime"].id), recent)
             status["realtime_batch_ms"] = batch_durations(recent)
             source = _source(realtime)
             metrics = source.get("metrics") or {}
@@ -236,7 +225,8 @@ class StatusWriter:
                 # and may lag behind, e.g. after a restart).
                 "archived_watermark": self.archived_watermark,
             })
-        status["late_count"] = sum(self.late.values())
+        if self.late is not None:
+            status.update(self.late.summary())
         status["dlq_count"] = dead_letter_total(self.cfg)
         _atomic_write(status_path(self.cfg), json.dumps(status, indent=2))
         return status
@@ -312,6 +302,7 @@ def run_stream(
     """Run the speed layer until SIGTERM/Ctrl-C (clean stop) or a query fails."""
     from adstats.spark import spark_session
     from serving_layer.cassandra_session import writer_session
+    from serving_layer.views import write_late_events
 
     cfg, options = cfg or settings(), options or StreamOptions()
     stop = threading.Event()
@@ -322,7 +313,10 @@ def run_stream(
     with writer_session(cfg) as session:
         holder = {"session": session}
         queries = start_queries(spark, cfg, options, holder)
-        status = StatusWriter(cfg, queries)
+        late = LateCounter(spark, cfg, stream_dir(cfg) / "checkpoints" / "realtime",
+                           stream_dir(cfg) / "late-by-batch.json",
+                           lambda key, hours: write_late_events(session, key, hours))
+        status = StatusWriter(cfg, queries, late)
         if not quiet:
             print(f"stream: reading {cfg.topic} at {cfg.kafka_bootstrap}; watermark "
                   f"{options.watermark}, trigger {options.trigger} (archive and dead "
@@ -341,7 +335,7 @@ def run_stream(
             if not stop.is_set():
                 failed = f"lost the Spark driver: {exc}"
         finally:
-            _shut_down(queries, status, spark)
+            _shut_down(queries, status, late, spark)
     if failed:
         print(f"stream: {failed}", file=sys.stderr)
         return 1
@@ -350,10 +344,14 @@ def run_stream(
     return 0
 
 
-def _shut_down(queries: dict, status: StatusWriter, spark: SparkSession) -> None:
-    """Stop every query (each commits or abandons its current micro-batch), then Spark.
-    Each step is tolerant: after a group-wide signal the JVM may already be stopping."""
-    for step in [*(q.stop for q in queries.values()), status.write, spark.stop]:
+def _shut_down(queries: dict, status: StatusWriter, late: LateCounter,
+               spark: SparkSession) -> None:
+    """Stop every query (each commits or abandons its current micro-batch), give late events
+    of the last batches their hours, then stop Spark. Each step is tolerant: after a
+    group-wide signal the JVM may already be stopping."""
+    steps = [*(q.stop for q in queries.values()), status.write,
+             lambda: late.wait_idle(60), status.write, spark.stop]
+    for step in steps:
         try:
             step()
         except Exception:  # noqa: BLE001
@@ -372,5 +370,12 @@ def format_status(status: dict | None) -> str:
         lines.append(f"  {key:<16} {value}")
     for name, q in status.get("queries", {}).items():
         lines.append(f"  query {name:<11} active={q['active']} batch={q['batch_id']}")
+    by_hour = status.get("late_by_hour") or {}
+    if by_hour or status.get("late_unattributed"):
+        lines.append("  late events by hour (dropped from the realtime view, archived for "
+                     "the batch layer):")
+        lines += [f"    {hour}  {n:>8,}" for hour, n in by_hour.items()]
+        if status.get("late_unattributed"):
+            lines.append(f"    not attributed to an hour: {status['late_unattributed']:,}")
     return "\n".join(lines)
 

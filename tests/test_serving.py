@@ -350,7 +350,7 @@ def test_reconciliation_records_are_served(loaded, api, capsys):
     """The DAGs' batch-vs-speed records, through the library, the API and the CLI."""
     from serving_layer.cassandra_session import writer_session
     from serving_layer.merge import reconciliation
-    from serving_layer.views import write_reconciliation
+    from serving_layer.views import write_late_events, write_reconciliation
 
     client, cfg = api
     record = {"granularity": "hour", "period_start": at(13), "batch_events": 3000,
@@ -361,9 +361,16 @@ def test_reconciliation_records_are_served(loaded, api, capsys):
               "checked_at": datetime.now(UTC)}
     with writer_session(cfg) as session:
         write_reconciliation(session, record)
+        # The speed layer's own late counts, two micro-batches for hour 13 (one rewritten, as
+        # after a restart), one for an hour outside the range.
+        write_late_events(session, "q/7", {f"{DAY}T13:00:00+00:00": 5})
+        write_late_events(session, "q/7", {f"{DAY}T13:00:00+00:00": 1})
+        write_late_events(session, "q/9", {f"{DAY}T13:00:00+00:00": 1,
+                                           f"{DAY}T17:00:00+00:00": 4})
     rows = reconciliation("hour", at(12), at(16), cfg=cfg)
     assert [r["period_start"] for r in rows] == [f"{DAY}T13:00:00Z"]
     assert rows[0]["views_diff"] == -2 and rows[0]["users_estimate"] == 4011
+    assert rows[0]["late_events"] == 2
     body = client.get("/v1/reconciliation", params={"from": f"{DAY}T12", "to": f"{DAY}T16"})
     assert body.status_code == 200, body.text
     assert body.json()["rows"] == rows
@@ -416,9 +423,12 @@ def test_api_health_and_stream_status(loaded, api):
     status.write_text(json.dumps({
         "last_batch_time": "2026-04-17T16:59:30Z", "input_rate": 1234.5,
         "processing_rate": 2345.25, "kafka_lag": 17, "watermark": "2026-04-17T16:49:30Z",
-        "dlq_count": 2, "late_count": 5}))
+        "dlq_count": 2, "late_count": 5, "late_unattributed": 1,
+        "late_by_hour": {"2026-04-17T15:00:00+00:00": 4}}))
     stream = client.get("/v1/health").json()["stream"]
     assert (stream["kafka_lag"], stream["input_rate"], stream["late_count"]) == (17, 1234.5, 5)
+    assert stream["late_by_hour"] == {"2026-04-17T15:00:00+00:00": 4}
+    assert stream["late_unattributed"] == 1
     status.write_text("{not json")
     assert client.get("/v1/health").json()["stream"] is None
     status.unlink()

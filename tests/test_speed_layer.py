@@ -224,16 +224,32 @@ def test_dead_letters_and_late_events(stack, spark, stream_cfg, tmp_path):
         consumer.close()
         assert letters == bad
 
-        # The watermark now stands near the end of the produced hours: an event from
-        # 09:30 is later than it. It must be archived, counted late, and not counted live.
-        late_ts = int(datetime.fromisoformat(f"{day}T09:30+00:00").timestamp())
-        producer.send(stream_cfg.topic, variant(event_id="late-1", timestamp=late_ts))
+        # The watermark now stands near the end of the produced hours: events from 08:15 and
+        # 09:xx are later than it. They must be archived, not counted live, and counted late
+        # per hour (a late duplicate is a late message too: Spark drops it as late).
+        def ts(hhmm: str) -> int:
+            return int(datetime.fromisoformat(f"{day}T{hhmm}+00:00").timestamp())
+
+        for event_id, at in (("late-1", "09:30"), ("late-2", "09:59"), ("late-1", "09:30"),
+                             ("late-3", "08:15")):
+            producer.send(stream_cfg.topic, variant(event_id=event_id, timestamp=ts(at)))
         producer.flush()
-        _wait(lambda: (read_status(stream_cfg) or {}).get("late_count", 0) >= 1, 120,
-              "the late event to be counted", stream)
-        _wait(lambda: "late-1" in _archive_ids(spark, stream_cfg), 60, "late event archived")
-        hour9 = int(datetime.fromisoformat(f"{day}T09:00+00:00").timestamp())
-        assert not [k for k in _speed_rows(stream_cfg, day) if k[3] == hour9]
+        expected = {f"{day}T08:00:00+00:00": 1, f"{day}T09:00:00+00:00": 3}
+        _wait(lambda: (read_status(stream_cfg) or {}).get("late_by_hour") == expected, 120,
+              f"late events counted per hour as {expected}", stream)
+        status = read_status(stream_cfg)
+        assert (status["late_count"], status["late_unattributed"]) == (4, 0)
+        with writer_session(stream_cfg) as session:
+            late_rows = session.execute(
+                "SELECT period_start, events FROM speed_late_events WHERE bucket=%s", (day,))
+            in_db: dict[str, int] = {}
+            for r in late_rows:
+                hour = r.period_start.replace(tzinfo=UTC).isoformat()
+                in_db[hour] = in_db.get(hour, 0) + r.events
+        assert in_db == expected
+        _wait(lambda: {"late-1", "late-2", "late-3"} <= set(_archive_ids(spark, stream_cfg)),
+              60, "late events archived")
+        assert not [k for k in _speed_rows(stream_cfg, day) if k[3] in (ts("08:00"), ts("09:00"))]
     finally:
         producer.close()
         assert stream.stop() == 0, stream.log.read_text()[-3000:]
@@ -278,3 +294,29 @@ def test_canonical_fast_path_and_full_json_parse_agree(spark):
         "empty event_id", "event_type not 0/1", "timestamp out of range"]
     assert fast[11]["_reason"] is not None
     assert re.fullmatch(CANONICAL_JSON_PATTERN.replace("\\z", ""), canonical().decode())
+
+
+def test_late_batches_summed_per_hour(tmp_path):
+    """Pure pieces of the late counter: offset log parsing, totals, old file format."""
+    from speed_layer.late import LateBatch, _offset_map, batch_watermark_ms, hours_total
+
+    offsets = tmp_path / "offsets"
+    offsets.mkdir()
+    (offsets / "4").write_text('v1\n{"batchWatermarkMs":1775210400000,"batchTimestampMs":1,'
+                               '"conf":{}}\n{"t":{"0":10}}\n')
+    assert batch_watermark_ms(tmp_path, 4) == 1775210400000
+    assert batch_watermark_ms(tmp_path, -1) == 0  # before the first batch
+    assert batch_watermark_ms(tmp_path, 3) is None  # purged
+    batches = {
+        "q/4": LateBatch(3, hours={"2026-04-03T09:00:00+00:00": 2,
+                                   "2026-04-03T08:00:00+00:00": 1}),
+        "q/9": LateBatch(2, hours={"2026-04-03T09:00:00+00:00": 2}),
+        "q/12": LateBatch(5),  # not attributed yet
+        "old/1": LateBatch.from_json(7),
+    }
+    assert hours_total(batches) == (
+        {"2026-04-03T08:00:00+00:00": 1, "2026-04-03T09:00:00+00:00": 4}, 12)
+    assert batches["old/1"].error
+    assert LateBatch.from_json(batches["q/4"].to_json()) == batches["q/4"]
+    # A partition new in the batch starts at the earliest offset.
+    assert _offset_map({"t": {"0": 5}}, {"t": {"0": 9, "1": 3}}) == {"t": {"0": 5, "1": -2}}

@@ -1,0 +1,213 @@
+"""Late events per hour, counted live by the speed layer.
+
+Spark tells how many rows each realtime micro-batch dropped as later than the watermark
+(``numRowsDroppedByWatermark``), not which hours they belong to. Kafka still holds the
+micro-batch's messages, so for a batch that dropped rows we re-read exactly its offset range
+and apply Spark's own rule: in micro-batch N an event is late when its event time is at or
+before the watermark of batch N-1 (Spark's ``PropagateWatermarkSimulator`` filters late events
+with the previous batch's watermark, ``event_time <= watermark``). The split is exact, is
+checked against Spark's count, and costs nothing for batches that dropped nothing.
+
+Counts go to ``speed_late_events`` in Cassandra (one row per hour and micro-batch, absolute
+values, so an attribution done twice rewrites the same rows) and to ``late-by-batch.json``
+beside the status file, which ``adstats stream status`` and the API read.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from adstats.config import Settings
+
+
+@dataclass
+class LateBatch:
+    """One realtime micro-batch that dropped late rows, and (once attributed) their hours."""
+
+    dropped: int
+    start: dict | None = None  # {topic: {partition: offset}} read from, inclusive
+    end: dict | None = None  # ... up to, exclusive
+    hours: dict[str, int] | None = None  # ISO hour -> late events; None = not attributed yet
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"dropped": self.dropped, "start": self.start, "end": self.end,
+                "hours": self.hours, "error": self.error}
+
+    @classmethod
+    def from_json(cls, raw: object) -> LateBatch:
+        if isinstance(raw, int):  # files written before per-hour attribution
+            return cls(dropped=raw, error="counted before per-hour attribution existed")
+        raw = raw if isinstance(raw, dict) else {}
+        return cls(int(raw.get("dropped") or 0), raw.get("start"), raw.get("end"),
+                   raw.get("hours"), raw.get("error"))
+
+
+def batch_watermark_ms(checkpoint: Path, batch_id: int) -> int | None:
+    """``batchWatermarkMs`` of a micro-batch from the query's offset log (None once purged:
+    Spark keeps the last ``minBatchesToRetain`` batches, 100 by default)."""
+    if batch_id < 0:
+        return 0
+    try:
+        lines = (checkpoint / "offsets" / str(batch_id)).read_text().splitlines()
+        return int(json.loads(lines[1])["batchWatermarkMs"])
+    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def late_events_by_hour(
+    spark: SparkSession, cfg: Settings, start: Mapping, end: Mapping, watermark_ms: int
+) -> dict[str, int]:
+    """Valid events in the Kafka offset range ``[start, end)`` whose event time is at or before
+    ``watermark_ms``, counted per UTC hour (ISO-8601 keys)."""
+    from pyspark.sql import functions as F
+
+    from adstats.stats import with_period
+    from speed_layer.stream import parse_messages, valid_events
+
+    messages = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", cfg.kafka_bootstrap)
+        .option("assign", json.dumps({t: [int(p) for p in parts] for t, parts in end.items()}))
+        .option("startingOffsets", json.dumps(_offset_map(start, end)))
+        .option("endingOffsets", json.dumps(_offset_map(end, end)))
+        # A range the topic no longer holds (retention) must fail, not count short.
+        .option("failOnDataLoss", "true")
+        .load()
+    )
+    late = valid_events(parse_messages(messages)).where(
+        F.col("timestamp") * 1000 <= F.lit(watermark_ms))
+    rows = with_period(late, "hour").groupBy("period_start").count().collect()
+    return {_iso_hour(r["period_start"]): int(r["count"]) for r in rows}
+
+
+def _offset_map(offsets: Mapping, partitions: Mapping) -> dict:
+    """Offsets for every partition of ``partitions``; one missing from ``offsets`` (new in this
+    batch) starts at the beginning (-2 = earliest)."""
+    return {t: {str(p): int((offsets.get(t) or {}).get(str(p), -2)) for p in parts}
+            for t, parts in partitions.items()}
+
+
+def _iso_hour(value: datetime) -> str:
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat(timespec="seconds")
+
+
+def hours_total(batches: Mapping[str, LateBatch]) -> tuple[dict[str, int], int]:
+    """Late events per hour over all batches, and the dropped rows not (yet) attributed."""
+    by_hour: dict[str, int] = {}
+    unattributed = 0
+    for batch in batches.values():
+        if batch.hours is None:
+            unattributed += batch.dropped
+            continue
+        for hour, n in batch.hours.items():
+            by_hour[hour] = by_hour.get(hour, 0) + n
+    return dict(sorted(by_hour.items())), unattributed
+
+
+@dataclass
+class LateCounter:
+    """Keeps ``late-by-batch.json`` and attributes new late batches on a background thread
+    (a Spark job per batch with drops), so the status loop never waits on it."""
+
+    spark: SparkSession
+    cfg: Settings
+    checkpoint: Path
+    file: Path
+    write_hours: Callable[[str, dict[str, int]], None]  # (batch key, hours) -> Cassandra
+    batches: dict[str, LateBatch] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            raw = json.loads(self.file.read_text())
+            self.batches = {k: LateBatch.from_json(v) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError):
+            self.batches = {}
+        for key, batch in self.batches.items():
+            if batch.hours is None and batch.error is None and batch.end:
+                self._queue.put(key)  # the stream stopped before attributing it
+        self._thread = threading.Thread(target=self._work, name="late-counter", daemon=True)
+        self._thread.start()
+
+    def observe(self, query_id: str, progresses: list[dict]) -> None:
+        """Record the realtime query's recent progresses: every batch that dropped rows."""
+        from speed_layer.stream import _offsets, _source
+
+        changed = []
+        with self._lock:
+            for progress in progresses:
+                dropped = sum(op.get("numRowsDroppedByWatermark", 0)
+                              for op in progress.get("stateOperators", []))
+                # The query id survives restarts from the same checkpoint (batch ids go on)
+                # and changes with a new checkpoint (batch ids start again at 0).
+                key = f"{query_id}/{progress['batchId']}"
+                if dropped <= 0 or key in self.batches:
+                    continue
+                source = _source(progress)
+                self.batches[key] = LateBatch(dropped, _offsets(source, "startOffset"),
+                                              _offsets(source, "endOffset"))
+                changed.append(key)
+            if changed:
+                self._save()
+        for key in changed:
+            self._queue.put(key)
+
+    def summary(self) -> dict:
+        with self._lock:
+            by_hour, unattributed = hours_total(self.batches)
+            total = sum(b.dropped for b in self.batches.values())
+        return {"late_count": total, "late_by_hour": by_hour, "late_unattributed": unattributed}
+
+    def wait_idle(self, timeout: float) -> None:
+        """Give queued attributions up to ``timeout`` seconds (on shutdown)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def _work(self) -> None:
+        while True:
+            key = self._queue.get()
+            if isinstance(key, threading.Event):
+                key.set()
+                continue
+            with self._lock:
+                batch = self.batches[key]
+            hours, error = None, None
+            try:
+                hours, error = self._attribute(key, batch)
+            except Exception as exc:  # noqa: BLE001 - Kafka gone, Spark stopping: keep the count
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            with self._lock:
+                batch.hours, batch.error = hours, error
+                self._save()
+
+    def _attribute(self, key: str, batch: LateBatch) -> tuple[dict[str, int] | None, str | None]:
+        batch_id = int(key.rsplit("/", 1)[1])
+        watermark = batch_watermark_ms(self.checkpoint, batch_id - 1)
+        if watermark is None or not batch.start or not batch.end:
+            return None, "offsets or watermark of the micro-batch no longer known"
+        hours = late_events_by_hour(self.spark, self.cfg, batch.start, batch.end, watermark)
+        if sum(hours.values()) != batch.dropped:
+            return None, (f"re-read found {sum(hours.values())} late events, Spark dropped "
+                          f"{batch.dropped}")
+        self.write_hours(key, hours)
+        return hours, None
+
+    def _save(self) -> None:
+        from speed_layer.stream import _atomic_write
+
+        _atomic_write(self.file, json.dumps({k: b.to_json() for k, b in self.batches.items()}))
