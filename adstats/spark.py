@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adstats.config import Settings, settings
@@ -28,6 +29,19 @@ STREAM_CONF = {
         "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
 }
+# The speed layer runs three queries (and late-event re-reads) in one driver. Under FAIR
+# scheduling the realtime query's pool is served first whenever it has tasks waiting (minShare
+# = its demand on a laptop, weight 10 beyond that), so the archive and dead-letter batches fill
+# idle cores instead of delaying the view users read.
+SCHEDULER_POOLS = """<?xml version="1.0"?>
+<allocations>
+  <pool name="realtime"><schedulingMode>FIFO</schedulingMode><weight>10</weight>
+    <minShare>2</minShare></pool>
+  <pool name="background"><schedulingMode>FAIR</schedulingMode><weight>1</weight>
+    <minShare>0</minShare></pool>
+</allocations>
+"""
+REALTIME_POOL, BACKGROUND_POOL = "realtime", "background"
 # Every stateful partition costs a state-store load and commit per micro-batch: on a laptop
 # 2 partitions halve a small batch's time against 8 (measured: p99 freshness 7.3 s -> 4.4 s).
 # On a cluster, raise it to the executors' cores.
@@ -54,6 +68,8 @@ def spark_conf(cfg: Settings, app_name: str, streaming: bool = False) -> dict[st
     if streaming:
         conf.update(STREAM_CONF)
         conf["spark.sql.shuffle.partitions"] = os.environ.get(STREAM_PARTITIONS_ENV, "2")
+        conf["spark.scheduler.mode"] = "FAIR"
+        conf["spark.scheduler.allocation.file"] = str(scheduler_pools_file(cfg))
     if cfg.spark_master.startswith("local"):
         # Local mode: keep the driver on loopback.
         conf["spark.driver.host"] = "127.0.0.1"
@@ -64,6 +80,16 @@ def spark_conf(cfg: Settings, app_name: str, streaming: bool = False) -> dict[st
             raise ValueError(f"ADSTATS_SPARK_CONF item {item!r} is not key=value")
         conf[key.strip()] = value.strip()
     return conf
+
+
+def scheduler_pools_file(cfg: Settings) -> Path:
+    return cfg.state_dir / "spark-scheduler-pools.xml"
+
+
+def use_pool(spark: SparkSession, pool: str) -> None:
+    """Jobs started from the calling thread (and streaming queries started from it) run in
+    ``pool`` (FAIR scheduling, streaming sessions only)."""
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)
 
 
 def spark_session(app_name: str = "adstats", cfg: Settings | None = None,
@@ -77,6 +103,10 @@ def spark_session(app_name: str = "adstats", cfg: Settings | None = None,
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if cfg.spark_master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if streaming:
+        pools = scheduler_pools_file(cfg)
+        pools.parent.mkdir(parents=True, exist_ok=True)
+        pools.write_text(SCHEDULER_POOLS)
     builder = SparkSession.builder
     for key, value in spark_conf(cfg, app_name, streaming).items():
         builder = builder.config(key, value)

@@ -179,6 +179,9 @@ class LateCounter:
         done.wait(timeout)
 
     def _work(self) -> None:
+        from adstats.spark import BACKGROUND_POOL, use_pool
+
+        use_pool(self.spark, BACKGROUND_POOL)  # never ahead of the realtime query
         while True:
             key = self._queue.get()
             if isinstance(key, threading.Event):

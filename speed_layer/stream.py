@@ -158,17 +158,23 @@ def _atomic_write(path: Path, text: str) -> None:
 def start_queries(
     spark: SparkSession, cfg: Settings, options: StreamOptions, session_holder: dict
 ) -> dict[str, StreamingQuery]:
+    from adstats.spark import BACKGROUND_POOL, REALTIME_POOL, use_pool
     from batch_layer.master import source_root
 
     checkpoints = stream_dir(cfg) / "checkpoints"
     parsed = parse_messages(kafka_source(spark, cfg, options))
     events = valid_events(parsed)
+    # A query's jobs run in the scheduler pool of the thread that starts it.
+    use_pool(spark, REALTIME_POOL)
     queries = {
         "realtime": realtime_rows(events, options.watermark).writeStream
         .queryName("adstats-realtime").outputMode("update")
         .foreachBatch(_upsert_realtime(session_holder))
         .option("checkpointLocation", str(checkpoints / "realtime"))
         .trigger(processingTime=options.trigger).start(),
+    }
+    use_pool(spark, BACKGROUND_POOL)
+    queries |= {
         "archive": events.drop("event_time").writeStream
         .queryName("adstats-archive").format("parquet").partitionBy("date", "hour")
         .option("checkpointLocation", str(checkpoints / "archive"))
