@@ -4,7 +4,7 @@
     python bench/stream.py --events 1000000 --max-offsets-per-trigger 250000
     python bench/stream.py --skip-catchup --rate 5000 --seconds 60
 
-Everything runs on a temporary topic, keyspace (``adstats_bench``) and state folder, so the
+Everything runs on a temporary topic, keyspace (``adstats_bench_<id>``) and state folder, so the
 dev stack's data is untouched; all three are removed at the end. It starts ``adstats stream``
 itself, as its own process (stopped by its pid), and needs ``adstats stack up``.
 
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--trigger", default="1 second", help="micro-batch interval (1 second)")
     add("--archive-trigger", default=None,
         help="archive/dead-letter micro-batch interval (default: adstats stream's)")
+    add("--background-max-offsets", default=None,
+        help="archive/dead-letter offsets per micro-batch (default: adstats stream's)")
     add("--rate", type=positive_int, default=5000, help="freshness: events/s (5000)")
     add("--seconds", type=positive_int, default=60, help="freshness: how long to send (60)")
     add("--poll-ms", type=positive_int, default=100, help="freshness: view poll interval (100)")
@@ -155,7 +157,10 @@ def preload(files: list[Path], cfg: Settings, producers: int) -> tuple[int, floa
 
 
 def extra_stream_args(args) -> list[str]:
-    return ["--archive-trigger", args.archive_trigger] if args.archive_trigger else []
+    extra = ["--archive-trigger", args.archive_trigger] if args.archive_trigger else []
+    if args.background_max_offsets is not None:
+        extra += ["--background-max-offsets", args.background_max_offsets]
+    return extra
 
 
 def completed_batches(status: dict) -> int:
@@ -327,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = settings()
     name = f"bench-stream-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="adstats-bench-stream-"))
-    cfg = dataclasses.replace(base, keyspace=BENCH_KEYSPACE, topic=name, dlq_topic=f"{name}-dlq",
+    # A keyspace of its own per run: dropping and re-creating one name back to back has failed
+    # here ("keyspace adstats_bench does not exist" right after creating it).
+    keyspace = f"{BENCH_KEYSPACE}_{name.rsplit('-', 1)[1]}"
+    cfg = dataclasses.replace(base, keyspace=keyspace, topic=name, dlq_topic=f"{name}-dlq",
                               data_dir=work / "data", state_dir=work / "state")
     init_db(cfg, quiet=True)
     admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, client_id="adstats-bench")
@@ -366,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin.delete_topics([cfg.topic, cfg.dlq_topic])
         admin.close()
         with admin_session(cfg) as session:
-            session.execute(f"DROP KEYSPACE IF EXISTS {BENCH_KEYSPACE}", timeout=120)
+            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -39,18 +39,20 @@ class LateBatch:
     end: dict | None = None  # ... up to, exclusive
     hours: dict[str, int] | None = None  # ISO hour -> late events; None = not attributed yet
     error: str | None = None
+    final: bool = False  # the error will not go away (offsets purged, counts disagree)
 
     def to_json(self) -> dict:
         return {"dropped": self.dropped, "start": self.start, "end": self.end,
-                "hours": self.hours, "error": self.error}
+                "hours": self.hours, "error": self.error, "final": self.final}
 
     @classmethod
     def from_json(cls, raw: object) -> LateBatch:
         if isinstance(raw, int):  # files written before per-hour attribution
-            return cls(dropped=raw, error="counted before per-hour attribution existed")
+            return cls(dropped=raw, error="counted before per-hour attribution existed",
+                       final=True)
         raw = raw if isinstance(raw, dict) else {}
         return cls(int(raw.get("dropped") or 0), raw.get("start"), raw.get("end"),
-                   raw.get("hours"), raw.get("error"))
+                   raw.get("hours"), raw.get("error"), bool(raw.get("final")))
 
 
 def batch_watermark_ms(checkpoint: Path, batch_id: int) -> int | None:
@@ -138,8 +140,8 @@ class LateCounter:
         except (OSError, ValueError, AttributeError):
             self.batches = {}
         for key, batch in self.batches.items():
-            if batch.hours is None and batch.error is None and batch.end:
-                self._queue.put(key)  # the stream stopped before attributing it
+            if batch.hours is None and not batch.final and batch.end:
+                self._queue.put(key)  # the stream stopped (or Kafka was away) before
         self._thread = threading.Thread(target=self._work, name="late-counter", daemon=True)
         self._thread.start()
 
@@ -189,13 +191,15 @@ class LateCounter:
                 continue
             with self._lock:
                 batch = self.batches[key]
-            hours, error = None, None
+            hours, error, final = None, None, False
             try:
                 hours, error = self._attribute(key, batch)
-            except Exception as exc:  # noqa: BLE001 - Kafka gone, Spark stopping: keep the count
-                error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                final = error is not None
+            except Exception as exc:  # noqa: BLE001 - Kafka away, Spark stopping: retried at
+                # the next start; the batch's count stays in late_unattributed meanwhile
+                error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
             with self._lock:
-                batch.hours, batch.error = hours, error
+                batch.hours, batch.error, batch.final = hours, error, final
                 self._save()
 
     def _attribute(self, key: str, batch: LateBatch) -> tuple[dict[str, int] | None, str | None]:

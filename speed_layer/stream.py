@@ -45,6 +45,9 @@ class StreamOptions:
     # second-fresh micro-batches, and each of their batches re-reads and re-parses its slice of
     # the topic on the cores the realtime query needs (and a 1 s archive writes many tiny files).
     archive_trigger: str = "10 seconds"
+    # Caps each archive/dead-letter micro-batch (Kafka offsets) so their tasks stay short while
+    # they catch up: the scheduler hands a core back to the realtime query within seconds.
+    background_max_offsets: int | None = 500_000
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = None
 
@@ -57,7 +60,9 @@ def status_path(cfg: Settings) -> Path:
     return stream_dir(cfg) / "status.json"
 
 
-def kafka_source(spark: SparkSession, cfg: Settings, options: StreamOptions) -> DataFrame:
+def kafka_source(
+    spark: SparkSession, cfg: Settings, options: StreamOptions, max_offsets: int | None = None
+) -> DataFrame:
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", cfg.kafka_bootstrap)
@@ -68,8 +73,8 @@ def kafka_source(spark: SparkSession, cfg: Settings, options: StreamOptions) -> 
         .option("fetchOffset.retryIntervalMs", "1000")
         .option("kafka.reconnect.backoff.max.ms", "2000")
     )
-    if options.max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", str(options.max_offsets_per_trigger))
+    if max_offsets:
+        reader = reader.option("maxOffsetsPerTrigger", str(max_offsets))
     return reader.load()
 
 
@@ -162,8 +167,8 @@ def start_queries(
     from batch_layer.master import source_root
 
     checkpoints = stream_dir(cfg) / "checkpoints"
-    parsed = parse_messages(kafka_source(spark, cfg, options))
-    events = valid_events(parsed)
+    events = valid_events(parse_messages(
+        kafka_source(spark, cfg, options, options.max_offsets_per_trigger)))
     # A query's jobs run in the scheduler pool of the thread that starts it.
     use_pool(spark, REALTIME_POOL)
     queries = {
@@ -174,8 +179,10 @@ def start_queries(
         .trigger(processingTime=options.trigger).start(),
     }
     use_pool(spark, BACKGROUND_POOL)
+    caps = [c for c in (options.max_offsets_per_trigger, options.background_max_offsets) if c]
+    parsed = parse_messages(kafka_source(spark, cfg, options, min(caps, default=None)))
     queries |= {
-        "archive": events.drop("event_time").writeStream
+        "archive": valid_events(parsed).drop("event_time").writeStream
         .queryName("adstats-archive").format("parquet").partitionBy("date", "hour")
         .option("checkpointLocation", str(checkpoints / "archive"))
         .trigger(processingTime=options.archive_trigger)

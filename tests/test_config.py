@@ -36,7 +36,8 @@ def test_schema_statements_fill_keyspace(monkeypatch):
     stmts = schema_statements(settings())
     assert stmts[0].startswith("CREATE KEYSPACE IF NOT EXISTS ks_x")
     assert {s.split("(")[0].split()[-1] for s in stmts[1:]} == {
-        "ks_x.batch_stats", "ks_x.batch_periods", "ks_x.speed_stats", "ks_x.reconciliation"}
+        "ks_x.batch_stats", "ks_x.batch_periods", "ks_x.speed_stats", "ks_x.speed_late_events",
+        "ks_x.reconciliation"}
 
 
 def test_bad_keyspace_rejected(monkeypatch):
@@ -71,5 +72,8 @@ def test_stream_session_uses_rocksdb_state_and_its_own_partitions(monkeypatch):
     assert stream["spark.sql.streaming.stateStore.providerClass"].endswith(
         "RocksDBStateStoreProvider")
     assert stream["spark.sql.shuffle.partitions"] == "2"
+    # The realtime query's scheduler pool is served before the background queries'.
+    assert "spark.scheduler.mode" not in batch and stream["spark.scheduler.mode"] == "FAIR"
+    assert stream["spark.scheduler.allocation.file"].endswith("spark-scheduler-pools.xml")
     monkeypatch.setenv(STREAM_PARTITIONS_ENV, "16")
     assert spark_conf(settings(), "s", streaming=True)["spark.sql.shuffle.partitions"] == "16"

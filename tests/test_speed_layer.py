@@ -320,3 +320,15 @@ def test_late_batches_summed_per_hour(tmp_path):
     assert LateBatch.from_json(batches["q/4"].to_json()) == batches["q/4"]
     # A partition new in the batch starts at the earliest offset.
     assert _offset_map({"t": {"0": 5}}, {"t": {"0": 9, "1": 3}}) == {"t": {"0": 5, "1": -2}}
+
+
+def test_status_lists_late_events_by_hour():
+    from speed_layer.stream import format_status
+
+    text = format_status({"updated_at": "2026-04-03T12:00:00+00:00", "pid": 1, "late_count": 7,
+                          "late_by_hour": {"2026-04-03T08:00:00+00:00": 1,
+                                           "2026-04-03T09:00:00+00:00": 4},
+                          "late_unattributed": 2, "queries": {}})
+    assert "2026-04-03T09:00:00+00:00         4" in text
+    assert "not attributed to an hour: 2" in text
+    assert "no status yet" in format_status(None)
