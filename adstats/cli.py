@@ -160,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--archive-trigger", default="10 seconds",
                         help="micro-batch interval of the archive and dead-letter queries "
                              "(10 seconds)")
-    stream.add_argument("--background-max-offsets", type=int, default=500_000,
+    stream.add_argument("--background-max-offsets", type=int, default=100_000,
                         help="Kafka offsets per archive/dead-letter micro-batch at most; 0 = "
-                             "no cap (500000)")
+                             "no cap (100000)")
     stream.add_argument("--starting-offsets", default="earliest",
                         help="where a NEW checkpoint starts: earliest | latest")
     stream.add_argument("--max-offsets-per-trigger", type=int, default=None)

@@ -47,7 +47,7 @@ class StreamOptions:
     archive_trigger: str = "10 seconds"
     # Caps each archive/dead-letter micro-batch (Kafka offsets) so their tasks stay short while
     # they catch up: the scheduler hands a core back to the realtime query within seconds.
-    background_max_offsets: int | None = 500_000
+    background_max_offsets: int | None = 100_000
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = None
 
