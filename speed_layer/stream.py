@@ -14,6 +14,10 @@ Three queries read topic ``ad-events``, each with its own checkpoint under
 Events later than the watermark are dropped by the realtime query (Spark counts them:
 ``numRowsDroppedByWatermark``) but archived, so the batch layer repairs them; ``late.py``
 splits each batch's count by event hour.
+
+The realtime query runs in the FAIR scheduler pool served first; the archive, the dead letters
+and the late-event re-reads run in the background pool, their micro-batches capped so that
+their tasks stay short and a core is soon free for the realtime query.
 """
 
 from __future__ import annotations
