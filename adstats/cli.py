@@ -93,7 +93,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         return 0 if status else 3
     options = StreamOptions(
         watermark=args.watermark, trigger=args.trigger, archive_trigger=args.archive_trigger,
-        background_max_offsets=args.background_max_offsets or None,
+        background_task_records=args.background_task_records or None,
         starting_offsets=args.starting_offsets,
         max_offsets_per_trigger=args.max_offsets_per_trigger,
     )
@@ -160,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--archive-trigger", default="10 seconds",
                         help="micro-batch interval of the archive and dead-letter queries "
                              "(10 seconds)")
-    stream.add_argument("--background-max-offsets", type=int, default=100_000,
-                        help="Kafka offsets per archive/dead-letter micro-batch at most; 0 = "
-                             "no cap (100000)")
+    stream.add_argument("--background-task-records", type=int, default=25_000,
+                        help="messages per archive/dead-letter task at most (short tasks leave "
+                             "cores to the realtime view); 0 = one task per Kafka partition "
+                             "(25000)")
     stream.add_argument("--starting-offsets", default="earliest",
                         help="where a NEW checkpoint starts: earliest | latest")
     stream.add_argument("--max-offsets-per-trigger", type=int, default=None)

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--trigger", default="1 second", help="micro-batch interval (1 second)")
     add("--archive-trigger", default=None,
         help="archive/dead-letter micro-batch interval (default: adstats stream's)")
-    add("--background-max-offsets", default=None,
-        help="archive/dead-letter offsets per micro-batch (default: adstats stream's)")
+    add("--background-task-records", default=None,
+        help="archive/dead-letter messages per task (default: adstats stream's)")
     add("--rate", type=positive_int, default=5000, help="freshness: events/s (5000)")
     add("--seconds", type=positive_int, default=60, help="freshness: how long to send (60)")
     add("--poll-ms", type=positive_int, default=100, help="freshness: view poll interval (100)")
@@ -159,8 +159,8 @@ def preload(files: list[Path], cfg: Settings, producers: int) -> tuple[int, floa
 
 def extra_stream_args(args) -> list[str]:
     extra = ["--archive-trigger", args.archive_trigger] if args.archive_trigger else []
-    if args.background_max_offsets is not None:
-        extra += ["--background-max-offsets", args.background_max_offsets]
+    if args.background_task_records is not None:
+        extra += ["--background-task-records", args.background_task_records]
     return extra
 
 
@@ -201,8 +201,8 @@ def catch_up(args, cfg: Settings, work: Path, counter: ViewCounter) -> tuple[Str
     done = _wait_for(all_counted, args.timeout, "every event in the realtime view", stream)
     status = read_status(cfg) or {}
     counted = counter.total([day])
-    # The archive (capped micro-batches, background pool) finishes later by design: freshness
-    # is measured once it has caught up too, i.e. in the steady state.
+    # The archive (background pool) finishes later by design: freshness is measured once it has
+    # caught up too, i.e. in the steady state.
     archived = _wait_for(lambda: (read_status(cfg) or {}).get("archived_watermark") is not None,
                          args.timeout, "the archive to catch up", stream)
     print(f"catch-up: archive caught up {archived - done:.1f} s after the view",

@@ -16,8 +16,8 @@ Events later than the watermark are dropped by the realtime query (Spark counts 
 splits each batch's count by event hour.
 
 The realtime query runs in the FAIR scheduler pool served first; the archive, the dead letters
-and the late-event re-reads run in the background pool, their micro-batches capped so that
-their tasks stay short and a core is soon free for the realtime query.
+and the late-event re-reads run in the background pool, their micro-batches cut into small
+tasks so that a core is soon free for the realtime query.
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ class StreamOptions:
     # second-fresh micro-batches, and each of their batches re-reads and re-parses its slice of
     # the topic on the cores the realtime query needs (and a 1 s archive writes many tiny files).
     archive_trigger: str = "10 seconds"
-    # Caps each archive/dead-letter micro-batch (Kafka offsets) so their tasks stay short while
-    # they catch up: the scheduler hands a core back to the realtime query within seconds.
-    background_max_offsets: int | None = 100_000
+    # Splits the archive/dead-letter micro-batches into tasks of at most this many messages
+    # (Kafka source ``maxRecordsPerPartition``), so that while they catch up their tasks stay
+    # short and the scheduler soon hands a core back to the realtime query. (A cap on offsets
+    # per micro-batch would do that too, but also cap their throughput at cap / trigger.)
+    background_task_records: int | None = 25_000
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = None
 
@@ -65,7 +67,8 @@ def status_path(cfg: Settings) -> Path:
 
 
 def kafka_source(
-    spark: SparkSession, cfg: Settings, options: StreamOptions, max_offsets: int | None = None
+    spark: SparkSession, cfg: Settings, options: StreamOptions, max_offsets: int | None = None,
+    task_records: int | None = None,
 ) -> DataFrame:
     reader = (
         spark.readStream.format("kafka")
@@ -79,6 +82,8 @@ def kafka_source(
     )
     if max_offsets:
         reader = reader.option("maxOffsetsPerTrigger", str(max_offsets))
+    if task_records:
+        reader = reader.option("maxRecordsPerPartition", str(task_records))
     return reader.load()
 
 
@@ -183,8 +188,8 @@ def start_queries(
         .trigger(processingTime=options.trigger).start(),
     }
     use_pool(spark, BACKGROUND_POOL)
-    caps = [c for c in (options.max_offsets_per_trigger, options.background_max_offsets) if c]
-    parsed = parse_messages(kafka_source(spark, cfg, options, min(caps, default=None)))
+    parsed = parse_messages(kafka_source(spark, cfg, options, options.max_offsets_per_trigger,
+                                         options.background_task_records))
     queries |= {
         "archive": valid_events(parsed).drop("event_time").writeStream
         .queryName("adstats-archive").format("parquet").partitionBy("date", "hour")
