@@ -105,10 +105,19 @@ def _iso_hour(value: datetime) -> str:
     return value.isoformat(timespec="seconds")
 
 
-def hours_total(batches: Mapping[str, LateBatch]) -> tuple[dict[str, int], int]:
-    """Late events per hour over all batches, and the dropped rows not (yet) attributed."""
-    by_hour: dict[str, int] = {}
-    unattributed = 0
+# Done batches more than this many batch ids behind the newest are folded into running totals
+# (Spark's recentProgress, which ``observe`` reads, holds the last 100), so the file stays small
+# however many batches see late events. Cassandra keeps the per-batch rows.
+KEEP_BATCHES = 200
+
+
+def hours_total(
+    batches: Mapping[str, LateBatch], base: LateBatch | None = None
+) -> tuple[dict[str, int], int]:
+    """Late events per hour over all batches (plus the folded totals ``base``), and the dropped
+    rows not (yet) attributed."""
+    by_hour: dict[str, int] = dict(base.hours or {}) if base else {}
+    unattributed = base.dropped - sum(by_hour.values()) if base else 0
     for batch in batches.values():
         if batch.hours is None:
             unattributed += batch.dropped
@@ -129,6 +138,7 @@ class LateCounter:
     file: Path
     write_hours: Callable[[str, dict[str, int]], None]  # (batch key, hours) -> Cassandra
     batches: dict[str, LateBatch] = field(default_factory=dict)
+    folded: LateBatch = field(default_factory=lambda: LateBatch(0, hours={}))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _queue: queue.Queue = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
@@ -136,8 +146,12 @@ class LateCounter:
     def __post_init__(self) -> None:
         try:
             raw = json.loads(self.file.read_text())
+            if "batches" in raw:
+                self.folded = LateBatch.from_json(raw.get("folded"))
+                self.folded.hours = self.folded.hours or {}
+                raw = raw["batches"]
             self.batches = {k: LateBatch.from_json(v) for k, v in raw.items()}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             self.batches = {}
         for key, batch in self.batches.items():
             if batch.hours is None and not batch.final and batch.end:
@@ -164,14 +178,15 @@ class LateCounter:
                                               _offsets(source, "endOffset"))
                 changed.append(key)
             if changed:
+                self._fold(query_id)
                 self._save()
         for key in changed:
             self._queue.put(key)
 
     def summary(self) -> dict:
         with self._lock:
-            by_hour, unattributed = hours_total(self.batches)
-            total = sum(b.dropped for b in self.batches.values())
+            by_hour, unattributed = hours_total(self.batches, self.folded)
+            total = self.folded.dropped + sum(b.dropped for b in self.batches.values())
         return {"late_count": total, "late_by_hour": by_hour, "late_unattributed": unattributed}
 
     def wait_idle(self, timeout: float) -> None:
@@ -214,7 +229,25 @@ class LateCounter:
         self.write_hours(key, hours)
         return hours, None
 
+    def _fold(self, query_id: str) -> None:
+        """Fold done batches of older checkpoints, or far behind the newest, into ``folded``."""
+        newest = max((int(k.rsplit("/", 1)[1]) for k in self.batches
+                      if k.startswith(f"{query_id}/")), default=0)
+        for key in list(self.batches):
+            batch = self.batches[key]
+            query, _, batch_id = key.rpartition("/")
+            if batch.hours is None and not batch.final:
+                continue  # still to attribute
+            if query == query_id and int(batch_id) > newest - KEEP_BATCHES:
+                continue
+            self.folded.dropped += batch.dropped
+            for hour, n in (batch.hours or {}).items():
+                self.folded.hours[hour] = self.folded.hours.get(hour, 0) + n
+            del self.batches[key]
+
     def _save(self) -> None:
         from speed_layer.stream import _atomic_write
 
-        _atomic_write(self.file, json.dumps({k: b.to_json() for k, b in self.batches.items()}))
+        _atomic_write(self.file, json.dumps({
+            "folded": self.folded.to_json(),
+            "batches": {k: b.to_json() for k, b in self.batches.items()}}))

@@ -332,3 +332,31 @@ def test_status_lists_late_events_by_hour():
     assert "2026-04-03T09:00:00+00:00         4" in text
     assert "not attributed to an hour: 2" in text
     assert "no status yet" in format_status(None)
+
+
+def test_late_counter_folds_old_batches_into_totals(spark, tmp_path):
+    """Done batches of an older checkpoint or far behind the newest are folded into running
+    totals (the file stays small); the summary is the same before and after, and on reload."""
+    from adstats.config import settings
+    from speed_layer.late import KEEP_BATCHES, LateBatch, LateCounter
+
+    h8, h9 = "2026-04-03T08:00:00+00:00", "2026-04-03T09:00:00+00:00"
+    file = tmp_path / "late-by-batch.json"
+    file.write_text(json.dumps({
+        "q/1": LateBatch(2, hours={h9: 2}).to_json(),
+        f"q/{KEEP_BATCHES + 5}": LateBatch(1, hours={h8: 1}).to_json(),
+        "old/3": LateBatch(4, error="offsets purged", final=True).to_json(),
+        "7": 5,  # the format before per-hour attribution
+    }))
+
+    def counter() -> LateCounter:
+        return LateCounter(spark, settings(), tmp_path, file, lambda key, hours: None)
+
+    first = counter()
+    before = first.summary()
+    assert before == {"late_count": 12, "late_by_hour": {h8: 1, h9: 2}, "late_unattributed": 9}
+    with first._lock:
+        first._fold("q")
+        first._save()
+    assert set(first.batches) == {f"q/{KEEP_BATCHES + 5}"}
+    assert first.summary() == before == counter().summary()
