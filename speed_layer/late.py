@@ -111,6 +111,22 @@ def _iso_hour(value: datetime) -> str:
 KEEP_BATCHES = 200
 
 
+def batch_key(query_id: str, batch_id: int) -> str:
+    """``<streaming query id>/<batch id>``: the query id survives restarts from the same
+    checkpoint (batch ids go on) and changes with a new checkpoint (batch ids start again)."""
+    return f"{query_id}/{batch_id}"
+
+
+def split_batch_key(key: str) -> tuple[str, int | None]:
+    """The query id and batch id of a key (keys written before per-hour attribution were a bare
+    batch id: no query id)."""
+    query, _, batch_id = key.rpartition("/")
+    try:
+        return query, int(batch_id)
+    except ValueError:
+        return query, None
+
+
 def hours_total(
     batches: Mapping[str, LateBatch], base: LateBatch | None = None
 ) -> tuple[dict[str, int], int]:
@@ -168,9 +184,7 @@ class LateCounter:
             for progress in progresses:
                 dropped = sum(op.get("numRowsDroppedByWatermark", 0)
                               for op in progress.get("stateOperators", []))
-                # The query id survives restarts from the same checkpoint (batch ids go on)
-                # and changes with a new checkpoint (batch ids start again at 0).
-                key = f"{query_id}/{progress['batchId']}"
+                key = batch_key(query_id, progress["batchId"])
                 if dropped <= 0 or key in self.batches:
                     continue
                 source = _source(progress)
@@ -218,8 +232,9 @@ class LateCounter:
                 self._save()
 
     def _attribute(self, key: str, batch: LateBatch) -> tuple[dict[str, int] | None, str | None]:
-        batch_id = int(key.rsplit("/", 1)[1])
-        watermark = batch_watermark_ms(self.checkpoint, batch_id - 1)
+        batch_id = split_batch_key(key)[1]
+        watermark = None if batch_id is None else \
+            batch_watermark_ms(self.checkpoint, batch_id - 1)
         if watermark is None or not batch.start or not batch.end:
             return None, "offsets or watermark of the micro-batch no longer known"
         hours = late_events_by_hour(self.spark, self.cfg, batch.start, batch.end, watermark)
@@ -231,14 +246,13 @@ class LateCounter:
 
     def _fold(self, query_id: str) -> None:
         """Fold done batches of older checkpoints, or far behind the newest, into ``folded``."""
-        newest = max((int(k.rsplit("/", 1)[1]) for k in self.batches
-                      if k.startswith(f"{query_id}/")), default=0)
-        for key in list(self.batches):
+        ids = {key: split_batch_key(key) for key in self.batches}
+        newest = max((b for q, b in ids.values() if q == query_id and b is not None), default=0)
+        for key, (query, batch_id) in ids.items():
             batch = self.batches[key]
-            query, _, batch_id = key.rpartition("/")
             if batch.hours is None and not batch.final:
                 continue  # still to attribute
-            if query == query_id and int(batch_id) > newest - KEEP_BATCHES:
+            if query == query_id and batch_id is not None and batch_id > newest - KEEP_BATCHES:
                 continue
             self.folded.dropped += batch.dropped
             for hour, n in (batch.hours or {}).items():

@@ -67,8 +67,7 @@ def status_path(cfg: Settings) -> Path:
 
 
 def kafka_source(
-    spark: SparkSession, cfg: Settings, options: StreamOptions, max_offsets: int | None = None,
-    task_records: int | None = None,
+    spark: SparkSession, cfg: Settings, options: StreamOptions, task_records: int | None = None
 ) -> DataFrame:
     reader = (
         spark.readStream.format("kafka")
@@ -80,8 +79,8 @@ def kafka_source(
         .option("fetchOffset.retryIntervalMs", "1000")
         .option("kafka.reconnect.backoff.max.ms", "2000")
     )
-    if max_offsets:
-        reader = reader.option("maxOffsetsPerTrigger", str(max_offsets))
+    if options.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(options.max_offsets_per_trigger))
     if task_records:
         reader = reader.option("maxRecordsPerPartition", str(task_records))
     return reader.load()
@@ -176,8 +175,7 @@ def start_queries(
     from batch_layer.master import source_root
 
     checkpoints = stream_dir(cfg) / "checkpoints"
-    events = valid_events(parse_messages(
-        kafka_source(spark, cfg, options, options.max_offsets_per_trigger)))
+    events = valid_events(parse_messages(kafka_source(spark, cfg, options)))
     # A query's jobs run in the scheduler pool of the thread that starts it.
     use_pool(spark, REALTIME_POOL)
     queries = {
@@ -188,8 +186,7 @@ def start_queries(
         .trigger(processingTime=options.trigger).start(),
     }
     use_pool(spark, BACKGROUND_POOL)
-    parsed = parse_messages(kafka_source(spark, cfg, options, options.max_offsets_per_trigger,
-                                         options.background_task_records))
+    parsed = parse_messages(kafka_source(spark, cfg, options, options.background_task_records))
     queries |= {
         "archive": valid_events(parsed).drop("event_time").writeStream
         .queryName("adstats-archive").format("parquet").partitionBy("date", "hour")
@@ -210,6 +207,7 @@ class StatusWriter:
     def __init__(self, cfg: Settings, queries: dict[str, StreamingQuery],
                  late: LateCounter | None = None) -> None:
         self.cfg, self.queries, self.late = cfg, queries, late
+        self.realtime_id = str(queries["realtime"].id)  # fixed for the query's life
         self.archived_watermark: str | None = None
 
     def write(self) -> dict:
@@ -228,7 +226,7 @@ class StatusWriter:
             # the last one: several micro-batches may finish between two writes.
             recent = self.queries["realtime"].recentProgress  # one py4j round trip, used twice
             if self.late is not None:
-                self.late.observe(str(self.queries["realtime"].id), recent)
+                self.late.observe(self.realtime_id, recent)
             status["realtime_batch_ms"] = batch_durations(recent)
             source = _source(realtime)
             metrics = source.get("metrics") or {}
